@@ -1,0 +1,159 @@
+"""The ``fustor`` command line: thin click wrappers around library calls."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from fustor.errors import FustorError
+
+
+def friendly(fn):
+    """Turn fustor errors into one line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FustorError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _echo_json(obj) -> None:
+    click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fustor")
+def main() -> None:
+    """fustor: a live, queryable, persistent index of file metadata.
+
+    Run `fustor fusion --help` for the server, `fustor agent --help` for the
+    agent that feeds it, `fustor inspect FILE.lmdb` to read a store offline.
+    """
+
+
+@main.command()
+@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--path", "node_path", default=None, help="Show this node and its first children.")
+@click.option("--limit", default=100, show_default=True, help="Children to show with --path.")
+@click.option("--verify", is_flag=True, help="Recompute every directory's aggregates by a scan; exit 1 on any mismatch.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+@friendly
+def inspect(store: Path, node_path: str | None, limit: int, verify: bool, as_json: bool) -> None:
+    """Read a store file offline: format, tree id, counts, size on disk, stats of /.
+
+    Opens STORE read-only, so it is safe while a server writes to it, and works
+    on a plain copy of the file.
+    """
+    from fustor.store import inspect as ins
+
+    st = ins.open_readonly(store)
+    try:
+        out = ins.summary(st)
+        if node_path is not None:
+            shown = ins.show_path(st, node_path, limit)
+            if shown is None:
+                raise FustorError(f"path {node_path!r} is not in {store}")
+            out["node"] = shown
+        if verify:
+            progress = None
+            if sys.stderr.isatty() and not as_json:
+                def progress(n: int) -> None:
+                    click.echo(f"  verified {n:,} nodes...", err=True)
+            problems = ins.verify(st, progress)
+            out["verify"] = {"ok": not problems, "problems": problems[:1000],
+                             "problem_count": len(problems)}
+    finally:
+        st.close()
+    if as_json:
+        _echo_json(out)
+    else:
+        _print_summary(out)
+    if verify and out["verify"]["problem_count"]:
+        sys.exit(1)
+
+
+def _print_summary(out: dict) -> None:
+    s = out["stats"]
+    click.echo(f"store          {out['path']}")
+    click.echo(f"format         {out['format_version']}   tree id {out['tree_id']}")
+    click.echo(f"nodes          {out['nodes']:,} ({out['files']:,} files, {out['dirs']:,} dirs)")
+    click.echo(f"size on disk   {out['disk_bytes']:,} bytes")
+    click.echo(f"stats of /     total_size {s['total_size']:,}  latest_mtime {s['latest_mtime']}")
+    click.echo(
+        f"state          {out['tombstones']} tombstones, {out['suspects']} suspects, "
+        f"{out['blind_additions']} blind additions, {out['blind_deletions']} blind deletions"
+    )
+    if "node" in out:
+        n = out["node"]["node"]
+        kind = "dir " if n["is_dir"] else "file"
+        click.echo(f"\n{kind} {n['path']}  size {n['size']}  mtime {n['modified_time']}")
+        for c in out["node"].get("children", []):
+            click.echo(f"  {'d' if c['is_dir'] else '-'} {c['size']:>14,}  {c['modified_time']:<18} {c['name']}")
+        if out["node"].get("more_children"):
+            click.echo("  ... (more; raise --limit)")
+    if "verify" in out:
+        v = out["verify"]
+        if v["ok"]:
+            click.echo("verify         ok: every aggregate matches a full recount")
+        else:
+            click.echo(f"verify         {v['problem_count']} problem(s):")
+            for p in v["problems"][:20]:
+                click.echo(f"  {p['path']}: {p['problem']}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, path_type=Path))
+@friendly
+def migrate(directory: Path) -> None:
+    """Upgrade every store under DIRECTORY (or one store file) to this fustor's format.
+
+    Stop the fusion server first. Each store is rewritten into a new file that
+    replaces the original only when complete; the original is kept beside it as
+    NAME.lmdb.formatN.bak.
+    """
+    from fustor.migrations import find_stores, migrate_store
+
+    stores = find_stores(directory)
+    if not stores:
+        click.echo(f"no *.lmdb stores under {directory}")
+        return
+    for path in stores:
+        applied = migrate_store(path, progress=lambda s, p=path: click.echo(f"  {p.name}: {s}", err=True))
+        if applied:
+            for line in applied:
+                click.echo(f"{path}: applied {line}")
+        else:
+            click.echo(f"{path}: up to date")
+
+
+@main.group()
+def fusion() -> None:
+    """The fusion server: ingest from agents, arbitration, the query API."""
+
+
+@main.group()
+def agent() -> None:
+    """The agent that watches a file system and pushes to fusion."""
+
+
+def fusion_main() -> None:
+    """Entry point of the ``fustor-fusion`` alias."""
+    fusion(prog_name="fustor-fusion")
+
+
+def agent_main() -> None:
+    """Entry point of the ``fustor-agent`` alias."""
+    agent(prog_name="fustor-agent")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

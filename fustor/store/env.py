@@ -1,0 +1,276 @@
+"""Open or create one tree's LMDB environment: format version, map growth, read/write entry points.
+
+One environment = one file ``<name>.lmdb`` (``subdir=False``) plus LMDB's
+``<name>.lmdb-lock``, which a backup never needs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+import orjson
+
+from fustor.errors import NotFoundError, StoreError, StoreFormatError
+from fustor.store import keys
+from fustor.store.records import Node
+from fustor.store.tree import Dbs, TreeReader, TreeWriter
+from fustor.store.writer import Writer, is_disk_full
+
+FORMAT_VERSION = 1
+DB_NAMES = Dbs._fields
+DEFAULT_MAP_SIZE = 1 << 30  # virtual; the file only grows as pages are used
+MIN_MAP_SIZE = 1 << 20
+
+
+def open_env(path: Path, *, readonly: bool, map_size: int) -> lmdb.Environment:
+    kw = dict(
+        subdir=False, readonly=readonly, max_dbs=len(DB_NAMES) + 2, readahead=False,
+        max_readers=1024, map_size=map_size, meminit=False,
+    )
+    try:
+        return lmdb.open(str(path), lock=True, **kw)
+    except lmdb.Error as exc:
+        if not readonly:
+            raise
+        # A copy in a read-only directory cannot get a lock file; read it without one.
+        if "ermission" in str(exc) or "Read-only" in str(exc):
+            return lmdb.open(str(path), lock=False, **kw)
+        raise
+
+
+class _Gate:
+    """Readers share the map; a map resize waits until no reader is inside."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Store:
+    """One tree on disk. ``read()`` for queries, ``submit()``/``write()`` for changes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        readonly: bool = False,
+        map_size: int | None = None,
+        tree_id: str | None = None,
+        max_queue: int = 64,
+        max_group: int = 16,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly and not self.path.exists():
+            raise NotFoundError(f"no store at {self.path}")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        self._map_size = max(map_size or DEFAULT_MAP_SIZE, MIN_MAP_SIZE, 2 * size)
+        self.env = open_env(self.path, readonly=readonly, map_size=self._map_size)
+        self._gate = _Gate()
+        try:
+            self.format_version = self._check_format(tree_id)
+            self.dbs = self._open_dbs()
+        except BaseException:
+            self.env.close()
+            raise
+        self._writer: Writer | None = None
+        if not readonly:
+            self._writer = Writer(self._run_group, self._grow, self.path.name, max_queue, max_group)
+
+    # -- open ---------------------------------------------------------------------
+    def _check_format(self, tree_id: str | None) -> int:
+        if self.env.stat()["entries"] == 0:
+            if self.readonly:
+                raise StoreFormatError(f"{self.path} is empty, not a fustor store")
+            self._create(tree_id or uuid.uuid4().hex)
+            return FORMAT_VERSION
+        with self.env.begin() as txn:
+            if txn.get(b"meta") is None:
+                raise StoreFormatError(f"{self.path} is an LMDB file but not a fustor store")
+        meta = self.env.open_db(b"meta", create=False)
+        with self.env.begin() as txn:
+            raw = txn.get(b"format_version", db=meta)
+        version = 0 if raw is None else int(orjson.loads(raw))
+        if version < FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{self.path} is in store format {version}; this fustor reads format "
+                f"{FORMAT_VERSION}. Run `fustor migrate {self.path.parent}` to upgrade it."
+            )
+        if version > FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{self.path} was written by a newer fustor (store format {version}); this "
+                f"fustor reads format {FORMAT_VERSION}. Upgrade fustor to open it."
+            )
+        return version
+
+    def _create(self, tree_id: str) -> None:
+        with self.env.begin(write=True) as txn:
+            dbs = Dbs(*(self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES))
+            w = TreeWriter(txn, dbs)
+            w.put_meta("format_version", FORMAT_VERSION)
+            w.put_meta("tree_id", tree_id)
+            w.put_meta("created_at", time.time())
+            w.put_meta("migrations", [])
+            w.upsert(keys.ROOT, True)
+            w.flush()
+
+    def _open_dbs(self) -> Dbs:
+        if self.readonly:
+            with self.env.begin() as txn:
+                missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
+            if missing:
+                raise StoreFormatError(f"{self.path} lacks tables {missing}; it is not a fustor store")
+            return Dbs(*(self.env.open_db(n.encode(), create=False) for n in DB_NAMES))
+        return Dbs(*(self.env.open_db(n.encode()) for n in DB_NAMES))
+
+    # -- reads --------------------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[TreeReader]:
+        """A consistent snapshot for queries; it never waits for the writer."""
+        self._gate.enter()
+        try:
+            for attempt in (0, 1):
+                try:
+                    txn = self.env.begin()
+                    break
+                except lmdb.MapResizedError:  # another process grew the map
+                    if attempt:
+                        raise
+                    self.env.set_mapsize(0)
+            try:
+                yield TreeReader(txn, self.dbs)
+            finally:
+                txn.abort()
+        finally:
+            self._gate.leave()
+
+    @property
+    def tree_id(self) -> str:
+        with self.read() as r:
+            return r.meta("tree_id")
+
+    # -- writes -------------------------------------------------------------------
+    def submit(self, fn: Callable[[TreeWriter], object], *, block: bool = True,
+               timeout: float | None = None) -> Future:
+        """Run ``fn(writer)`` in the next write transaction; the future resolves after commit."""
+        if self._writer is None:
+            raise StoreError(f"{self.path} is open read-only")
+        return self._writer.submit(fn, block=block, timeout=timeout)
+
+    def write(self, fn: Callable[[TreeWriter], object]):
+        """Like :meth:`submit` but waits for the commit and returns ``fn``'s result."""
+        return self.submit(fn).result()
+
+    @property
+    def queued(self) -> int:
+        return self._writer.queued if self._writer else 0
+
+    def _run_group(self, group: list) -> list:
+        out = []
+        txn = self.env.begin(write=True)
+        try:
+            for fn, _fut in group:
+                child = self.env.begin(write=True, parent=txn)
+                try:
+                    w = TreeWriter(child, self.dbs)
+                    result = fn(w)
+                    w.flush()
+                except (lmdb.MapFullError,) as exc:
+                    child.abort()
+                    raise exc
+                except lmdb.Error as exc:
+                    child.abort()
+                    if is_disk_full(exc):
+                        raise
+                    out.append((False, StoreError(f"write failed: {exc}")))
+                    continue
+                except Exception as exc:
+                    child.abort()
+                    out.append((False, exc))
+                    continue
+                child.commit()
+                out.append((True, result))
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        return out
+
+    def _grow(self) -> None:
+        with self._gate.exclusive():
+            self._map_size *= 2
+            self.env.set_mapsize(self._map_size)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        with self._gate.exclusive():
+            self.env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def disk_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def copy_to(self, dest: str | os.PathLike, compact: bool = True) -> None:
+        """A consistent backup while the writer keeps committing."""
+        self.env.copy(str(dest), compact=compact)
+
+
+def apply_changes(w: TreeWriter, changes) -> int:
+    """Apply ``("upsert", path, is_dir, size, mtime, ctime)`` / ``("delete", path)`` tuples."""
+    n = 0
+    norm = keys.normalise
+    for ch in changes:
+        if ch[0] == "delete":
+            w.delete(norm(ch[1]))
+        else:
+            _op, path, is_dir, size, mtime, ctime = ch
+            w.upsert(norm(path), is_dir, size, mtime, ctime)
+        n += 1
+    return n
+
+
+__all__ = ["Store", "Node", "FORMAT_VERSION", "apply_changes"]

@@ -1,0 +1,116 @@
+"""Offline reading of one store file for ``fustor inspect`` (read-only; safe while a server writes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fustor.store import keys
+from fustor.store.env import Store
+from fustor.store.records import AGG, IS_DIR, NODE, Node
+
+
+def node_dict(n: Node) -> dict:
+    return {
+        "path": n.path_str, "name": n.name, "is_dir": n.is_dir, "size": n.size,
+        "modified_time": n.modified_time, "created_time": n.created_time,
+        "last_updated_at": n.last_updated_at, "integrity_suspect": n.integrity_suspect,
+        "known_by_agent": n.known_by_agent, "audit_skipped": n.audit_skipped,
+    }
+
+
+def summary(store: Store) -> dict:
+    with store.read() as r:
+        root = r.stats(keys.ROOT)
+        dbs = r.dbs
+        return {
+            "path": str(store.path),
+            "format_version": r.meta("format_version"),
+            "tree_id": r.meta("tree_id"),
+            "migrations": r.meta("migrations", []),
+            "nodes": r.count(dbs.nodes),
+            "files": root.file_count,
+            "dirs": root.dir_count,
+            "disk_bytes": store.disk_bytes(),
+            "stats": root.as_dict(),
+            "tombstones": r.count(dbs.tombstones),
+            "suspects": r.count(dbs.suspects),
+            "blind_additions": r.count(dbs.blind_additions),
+            "blind_deletions": r.count(dbs.blind_deletions),
+        }
+
+
+def show_path(store: Store, path: str, limit: int = 100) -> dict | None:
+    p = keys.normalise(path)
+    with store.read() as r:
+        node = r.get(p)
+        if node is None:
+            return None
+        out = {"node": node_dict(node), "stats": r.stats(p).as_dict()}
+        if node.is_dir:
+            kids, nxt = r.children(p, limit=limit)
+            out["children"] = [node_dict(k) for k in kids]
+            out["more_children"] = nxt is not None
+        return out
+
+
+def verify(store: Store, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Recompute every directory's aggregates in one pass over the nodes and compare.
+
+    Also reports nodes whose parent is missing or is not a directory, and
+    aggregate records without a directory. Returns the mismatches (empty = ok).
+    """
+    problems: list[dict] = []
+    totals: dict[bytes, list] = {}
+    kinds: dict[bytes, bool] = {}
+    with store.read() as r:
+        n = 0
+        for k, v in r.txn.cursor(db=r.dbs.nodes):
+            flags, size, mtime = NODE.unpack_from(v)[:3]
+            path = keys.path_of(k, bytes(v[NODE.size :]))
+            is_dir = bool(flags & IS_DIR)
+            kinds[path] = is_dir
+            if is_dir:
+                t = totals.setdefault(path, [0, 0, 0, float("-inf")])
+                t[1] += 1
+                if mtime > t[3]:
+                    t[3] = mtime
+            p = path
+            while p != keys.ROOT:
+                p = keys.parent_of(p)
+                t = totals.setdefault(p, [0, 0, 0, float("-inf")])
+                if is_dir:
+                    t[1] += 1
+                else:
+                    t[0] += 1
+                    t[2] += size
+                if mtime > t[3]:
+                    t[3] = mtime
+            n += 1
+            if progress and n % 500_000 == 0:
+                progress(n)
+        for path, is_dir in kinds.items():
+            if path != keys.ROOT:
+                parent = keys.parent_of(path)
+                if kinds.get(parent) is not True:
+                    problems.append({"path": keys.display(path), "problem": "parent missing or not a directory"})
+        for path, t in totals.items():
+            if kinds.get(path) is not True:
+                continue
+            raw = r.txn.get(keys.node_key(path), db=r.dbs.aggregates)
+            want = (t[0], t[1], t[2], t[3])
+            got = None if raw is None else AGG.unpack_from(raw)
+            if got != want:
+                problems.append({
+                    "path": keys.display(path), "problem": "aggregate mismatch",
+                    "stored": None if got is None else list(got), "recomputed": list(want),
+                })
+        for k, v in r.txn.cursor(db=r.dbs.aggregates):
+            path = keys.path_of(k, bytes(v[AGG.size :]))
+            if kinds.get(path) is not True:
+                problems.append({"path": keys.display(path), "problem": "aggregate without a directory"})
+    return problems
+
+
+def open_readonly(path: str | Path) -> Store:
+    return Store(path, readonly=True)

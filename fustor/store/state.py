@@ -1,0 +1,150 @@
+"""Consistency state kept beside the tree: tombstones, suspects, blind spots, audit marks, meta.
+
+Every table is keyed like the ``nodes`` database (``keys.node_key``), so a
+subtree's entries are found with the same key ranges. Mixed into
+``TreeReader`` / ``TreeWriter``; ``self.txn`` and ``self.dbs`` come from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from fustor.store import keys
+from fustor.store.records import EXPIRY, PAIR, pack_pair
+
+BLIND_KINDS = ("additions", "deletions")
+
+
+class StateReads:
+    txn: object
+    dbs: object
+
+    # tombstones: path -> (logical_ts, wall_ts)
+    def tombstone(self, path: bytes) -> tuple[float, float] | None:
+        v = self.txn.get(keys.node_key(path), db=self.dbs.tombstones)
+        return None if v is None else PAIR.unpack_from(v)
+
+    def iter_tombstones(self) -> Iterator[tuple[bytes, float, float]]:
+        for k, v in self.txn.cursor(db=self.dbs.tombstones):
+            a, b = PAIR.unpack_from(v)
+            yield keys.path_of(k, bytes(v[PAIR.size :])), a, b
+
+    # suspects: path -> (expires_at (wall clock), recorded_mtime)
+    def suspect(self, path: bytes) -> tuple[float, float] | None:
+        v = self.txn.get(keys.node_key(path), db=self.dbs.suspects)
+        return None if v is None else PAIR.unpack_from(v)
+
+    def iter_suspects(self) -> Iterator[tuple[bytes, float, float]]:
+        for k, v in self.txn.cursor(db=self.dbs.suspects):
+            a, b = PAIR.unpack_from(v)
+            yield keys.path_of(k, bytes(v[PAIR.size :])), a, b
+
+    def due_suspects(self, now: float, limit: int = 10_000) -> list[bytes]:
+        """Paths whose suspect entry expires at or before ``now`` (wall clock)."""
+        out = []
+        cur = self.txn.cursor(db=self.dbs.suspect_expiry)
+        for k in cur.iternext(values=False):
+            if EXPIRY.unpack_from(k)[0] > now or len(out) >= limit:
+                break
+            key = k[EXPIRY.size :]
+            v = self.txn.get(key, db=self.dbs.suspects)
+            if v is not None:
+                out.append(keys.path_of(key, bytes(v[PAIR.size :])))
+        return out
+
+    # blind spots: two path sets
+    def _blind_db(self, kind: str):
+        return self.dbs.blind_additions if kind == "additions" else self.dbs.blind_deletions
+
+    def in_blind(self, kind: str, path: bytes) -> bool:
+        return self.txn.get(keys.node_key(path), db=self._blind_db(kind)) is not None
+
+    def iter_blind(self, kind: str) -> Iterator[bytes]:
+        for k, v in self.txn.cursor(db=self._blind_db(kind)):
+            yield keys.path_of(k, bytes(v))
+
+    def count(self, db) -> int:
+        return self.txn.stat(db)["entries"]
+
+    # audit: directories seen in the open cycle
+    def iter_audit_dirs(self) -> Iterator[bytes]:
+        for k, v in self.txn.cursor(db=self.dbs.audit_dirs):
+            yield keys.path_of(k, bytes(v))
+
+    # meta: name -> JSON value
+    def meta(self, name: str, default=None):
+        v = self.txn.get(name.encode(), db=self.dbs.meta)
+        return default if v is None else orjson.loads(v)
+
+
+class StateWrites:
+    txn: object
+    dbs: object
+
+    def put_tombstone(self, path: bytes, logical_ts: float, wall_ts: float) -> None:
+        self.txn.put(keys.node_key(path), pack_pair(logical_ts, wall_ts, path), db=self.dbs.tombstones)
+
+    def delete_tombstone(self, path: bytes) -> bool:
+        return self.txn.delete(keys.node_key(path), db=self.dbs.tombstones)
+
+    def purge_tombstones(self, wall_cutoff: float) -> int:
+        """Drop tombstones whose wall stamp is older than ``wall_cutoff``."""
+        n = 0
+        cur = self.txn.cursor(db=self.dbs.tombstones)
+        if not cur.first():
+            return 0
+        while True:
+            if PAIR.unpack_from(cur.value())[1] < wall_cutoff:
+                n += 1
+                if not cur.delete() or not cur.key():
+                    break
+            elif not cur.next():
+                break
+        return n
+
+    def put_suspect(self, path: bytes, expires_at: float, recorded_mtime: float) -> None:
+        key = keys.node_key(path)
+        old = self.txn.get(key, db=self.dbs.suspects)
+        if old is not None:
+            self.txn.delete(EXPIRY.pack(PAIR.unpack_from(old)[0]) + key, db=self.dbs.suspect_expiry)
+        self.txn.put(key, pack_pair(expires_at, recorded_mtime, path), db=self.dbs.suspects)
+        self.txn.put(EXPIRY.pack(max(expires_at, 0.0)) + key, b"", db=self.dbs.suspect_expiry)
+
+    def delete_suspect(self, path: bytes) -> bool:
+        key = keys.node_key(path)
+        v = self.txn.get(key, db=self.dbs.suspects)
+        if v is None:
+            return False
+        self._forget_suspect(key, v)
+        return True
+
+    def _forget_suspect(self, key: bytes, value: bytes) -> None:
+        self.txn.delete(key, db=self.dbs.suspects)
+        self.txn.delete(EXPIRY.pack(max(PAIR.unpack_from(value)[0], 0.0)) + key, db=self.dbs.suspect_expiry)
+
+    def add_blind(self, kind: str, path: bytes) -> None:
+        tail = path if keys.needs_path_tail(path) else b""
+        self.txn.put(keys.node_key(path), tail, db=self._blind_db(kind))
+
+    def discard_blind(self, kind: str, path: bytes) -> bool:
+        return self.txn.delete(keys.node_key(path), db=self._blind_db(kind))
+
+    def add_audit_dir(self, path: bytes) -> None:
+        tail = path if keys.needs_path_tail(path) else b""
+        self.txn.put(keys.node_key(path), tail, db=self.dbs.audit_dirs)
+
+    def clear(self, db) -> None:
+        """Empty one table."""
+        self.txn.drop(db, delete=False)
+
+    def put_meta(self, name: str, value) -> None:
+        self.txn.put(name.encode(), orjson.dumps(value), db=self.dbs.meta)
+
+    def _drop_node_state(self, key: bytes, path: bytes) -> None:
+        """Entries that die with their node: suspect and blind addition."""
+        v = self.txn.get(key, db=self.dbs.suspects)
+        if v is not None:
+            self._forget_suspect(key, v)
+        self.txn.delete(key, db=self.dbs.blind_additions)
