@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 import orjson
 
+from fustor.cli_util import friendly
+from fustor.fusion.cli import fusion
 from fustor.errors import FustorError
-
-
-def friendly(fn):
-    """Turn fustor errors into one line on stderr and exit status 1, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FustorError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 def _echo_json(obj) -> None:
@@ -136,13 +123,11 @@ def migrate(directory: Path) -> None:
 
 
 @main.group()
-def fusion() -> None:
-    """The fusion server: ingest from agents, arbitration, the query API."""
-
-
-@main.group()
 def agent() -> None:
     """The agent that watches a file system and pushes to fusion."""
+
+
+main.add_command(fusion)
 
 
 def fusion_main() -> None:

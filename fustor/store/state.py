@@ -17,6 +17,11 @@ from fustor.store.records import EXPIRY, PAIR, pack_pair
 BLIND_KINDS = ("additions", "deletions")
 
 
+def _expiry_key(expires_at: float, key: bytes) -> bytes:
+    # big-endian IEEE floats sort like numbers only when non-negative: clamp at 0
+    return EXPIRY.pack(max(expires_at, 0.0)) + key
+
+
 class StateReads:
     txn: object
     dbs: object
@@ -108,9 +113,9 @@ class StateWrites:
         key = keys.node_key(path)
         old = self.txn.get(key, db=self.dbs.suspects)
         if old is not None:
-            self.txn.delete(EXPIRY.pack(PAIR.unpack_from(old)[0]) + key, db=self.dbs.suspect_expiry)
+            self.txn.delete(_expiry_key(PAIR.unpack_from(old)[0], key), db=self.dbs.suspect_expiry)
         self.txn.put(key, pack_pair(expires_at, recorded_mtime, path), db=self.dbs.suspects)
-        self.txn.put(EXPIRY.pack(max(expires_at, 0.0)) + key, b"", db=self.dbs.suspect_expiry)
+        self.txn.put(_expiry_key(expires_at, key), b"", db=self.dbs.suspect_expiry)
 
     def delete_suspect(self, path: bytes) -> bool:
         key = keys.node_key(path)
@@ -122,7 +127,7 @@ class StateWrites:
 
     def _forget_suspect(self, key: bytes, value: bytes) -> None:
         self.txn.delete(key, db=self.dbs.suspects)
-        self.txn.delete(EXPIRY.pack(max(PAIR.unpack_from(value)[0], 0.0)) + key, db=self.dbs.suspect_expiry)
+        self.txn.delete(_expiry_key(PAIR.unpack_from(value)[0], key), db=self.dbs.suspect_expiry)
 
     def add_blind(self, kind: str, path: bytes) -> None:
         tail = path if keys.needs_path_tail(path) else b""

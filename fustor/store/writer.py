@@ -29,7 +29,7 @@ from fustor.errors import StoreClosedError, StoreError, StoreFullError
 log = logging.getLogger("fustor.store")
 
 _STOP = object()
-_FULL_HINTS = ("No space left", "File too large", "Disk quota", "ENOSPC", "EFBIG")
+_FULL_HINTS = ("No space left", "File too large", "Disk quota", "Input/output error")
 
 
 class StoreBusyError(StoreError):
@@ -122,8 +122,9 @@ class Writer:
             except BaseException as exc:  # never let the writer thread die
                 if is_disk_full(exc):
                     err: Exception = StoreFullError(
-                        f"the disk is full or the file-size limit is reached ({exc}); "
-                        "nothing of this batch was written, retry after freeing space"
+                        f"the store could not write to disk ({exc}): the disk is full, a "
+                        "file-size or quota limit was reached, or the disk failed; nothing of "
+                        "this batch was written; free space and retry"
                     )
                 else:
                     log.exception("write transaction failed")

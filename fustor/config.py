@@ -1,0 +1,538 @@
+"""Fusion configuration: find the YAML, merge it, check it, say exactly what is wrong.
+
+Files under ``FUSTOR_HOME/fusion-config/`` are read in sorted name order and merged:
+``receivers``, ``views`` and ``pipes`` by id (a later id replaces an earlier one, with a
+warning), global keys key by key (later wins). Any YAML or schema error raises
+:class:`~fustor.errors.ConfigError` naming the file and the dotted key, so a broken config
+stops the server instead of silently losing a pipe. Keys we do not use (written for the
+original 0.8.x, e.g. ``root_dir`` or ``enabled`` on a pipe) are accepted and listed in
+``FusionConfig.ignored``; questionable but working choices go to ``FusionConfig.warnings``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hmac
+import logging
+import math
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+
+from fustor.errors import ConfigError
+
+log = logging.getLogger("fustor.config")
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+ID_MAX_LEN = 64
+VIEW_DRIVERS = ("fs", "forest-fs")
+RECEIVER_DRIVERS = ("http",)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+KEYS_FILE = "keys.yaml"
+
+# fs driver_params we understand: accessor -> (path inside driver_params, type, default, minimum)
+_FS_PARAMS: dict[str, tuple[tuple[str, ...], type, Any, float | None]] = {
+    "hot_file_threshold": (("hot_file_threshold",), float, 30.0, 0),
+    "max_tree_items": (("max_tree_items",), int, 100_000, None),  # <= 0 means unlimited
+    "tombstone_ttl_seconds": (("consistency", "tombstone_ttl_seconds"), float, 3600.0, 0),
+    "max_nodes": (("limits", "max_nodes"), int, 0, 0),  # 0 means unlimited
+}
+
+
+def fustor_home() -> Path:
+    """``$FUSTOR_HOME`` (``~`` expanded) if set, else ``~/.fustor``."""
+    env = os.environ.get("FUSTOR_HOME")
+    return Path(env).expanduser() if env else Path("~/.fustor").expanduser()
+
+
+@dataclass
+class ApiKey:
+    """An agent's key on a receiver; it opens sessions for ``pipe_id``."""
+
+    key: str
+    pipe_id: str
+
+
+@dataclass
+class ReceiverConfig:
+    driver: str = "http"
+    bind_host: str = "0.0.0.0"
+    port: int = 8102
+    api_keys: list[ApiKey] = field(default_factory=list)
+    disabled: bool = False
+
+
+@dataclass
+class ViewConfig:
+    driver: str = "fs"
+    driver_params: dict[str, Any] = field(default_factory=dict)
+    api_keys: list[str] = field(default_factory=list)
+    disabled: bool = False
+
+    def _param(self, name: str) -> Any:
+        path, kind, default, _ = _FS_PARAMS[name]
+        node: Any = self.driver_params
+        for part in path:
+            if not isinstance(node, dict) or node.get(part) is None:
+                return default
+            node = node[part]
+        return _convert(kind, node, "views.<view>.driver_params." + ".".join(path))
+
+    @property
+    def hot_file_threshold(self) -> float:
+        return self._param("hot_file_threshold")
+
+    @property
+    def max_tree_items(self) -> int:
+        return self._param("max_tree_items")
+
+    @property
+    def tombstone_ttl_seconds(self) -> float:
+        return self._param("tombstone_ttl_seconds")
+
+    @property
+    def max_nodes(self) -> int:
+        return self._param("max_nodes")
+
+
+@dataclass
+class PipeConfig:
+    receiver: str
+    views: list[str] = field(default_factory=list)
+    allow_concurrent_push: bool = True
+    session_timeout_seconds: int = 30
+    audit_interval_sec: float = 600.0
+    sentinel_interval_sec: float = 120.0
+
+    @property
+    def primary_view(self) -> str | None:
+        return self.views[0] if self.views else None
+
+
+@dataclass
+class FusionConfig:
+    logging: str = "INFO"
+    log_format: str | None = None
+    log_dir: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8101
+    session_cleanup_interval: float = 5.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    data_dir: str | None = None
+    receivers: dict[str, ReceiverConfig] = field(default_factory=dict)
+    views: dict[str, ViewConfig] = field(default_factory=dict)
+    pipes: dict[str, PipeConfig] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # files read, in merge order
+    ignored: list[str] = field(default_factory=list)  # "file: dotted.key" accepted but unused
+    warnings: list[str] = field(default_factory=list)
+    generated_keys: dict[str, str] = field(default_factory=dict)  # zero-config only
+
+
+@dataclass
+class KeyScope:
+    """What an ``X-API-Key`` stands for: a view's query key or a pipe's agent key."""
+
+    kind: Literal["view", "pipe"]
+    id: str
+    views: list[str]
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True,
+          "false": False, "no": False, "off": False, "0": False}
+
+
+def _convert(kind: type, value: Any, where: str) -> Any:
+    """``value`` as ``kind``, accepting what YAML users write (``"8101"``, ``30.0``, ``yes``)."""
+    if kind is str:
+        if isinstance(value, str) and value:
+            return value
+        wrong = "must not be empty" if value == "" else f"expected a string, got {value!r}"
+        raise ConfigError(f"{where}: {wrong}; put the text in quotes")
+    if kind is bool:
+        text = str(value).lower() if isinstance(value, (bool, int, str)) else ""
+        if text in _BOOLS:
+            return _BOOLS[text]
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+            if kind is float and math.isfinite(number):
+                return number
+            if kind is int and number.is_integer():
+                return int(number)
+    what = "a whole number (e.g. 30)" if kind is int else "a number of seconds (e.g. 60 or 2.5)"
+    raise ConfigError(f"{where}: expected {what}, got {value!r}")
+
+
+class _Section:
+    """One mapping of one file: typed getters whose errors name the file and the key."""
+
+    def __init__(self, data: Any, path: str, file: str, ignored: list[str]) -> None:
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: {path or 'top level'}: expected a mapping of keys, "
+                              f"got {data!r}")
+        self.data, self.path, self.file, self.ignored = data, path, file, ignored
+        self.used: set[Any] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def where(self, key: str) -> str:
+        return f"{self.file}: {self.name(key)}"
+
+    def get(self, key: str, kind: type, default: Any, minimum: float | None = None,
+            maximum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+        self.used.add(key)
+        if self.data.get(key) is None:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.where(key)}: required but missing; add it")
+            return default
+        value = _convert(kind, self.data[key], self.where(key))
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{self.where(key)}: must be at least {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{self.where(key)}: must be at most {maximum}, got {value!r}")
+        if choices and value not in choices:
+            raise ConfigError(f"{self.where(key)}: unknown {key} {value!r} "
+                              f"(use one of: {', '.join(choices)})")
+        return value
+
+    def items(self, key: str) -> list[Any]:
+        self.used.add(key)
+        raw = self.data.get(key)
+        if raw is not None and not isinstance(raw, list):
+            raise ConfigError(f"{self.where(key)}: expected a list (e.g. [a, b]), got {raw!r}")
+        return raw or []
+
+    def child(self, key: str, data: Any = None) -> _Section:
+        self.used.add(key)
+        data = self.data.get(key) if data is None else data
+        return _Section(data, self.name(key), self.file, self.ignored)
+
+    def done(self) -> None:
+        self.ignored.extend(f"{self.file}: {self.name(str(k))}" for k in self.data
+                            if k not in self.used)
+
+
+_REQUIRED = object()
+
+
+def _receiver(s: _Section) -> ReceiverConfig:
+    keys = []
+    for i, item in enumerate(s.items("api_keys")):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{s.where(f'api_keys[{i}]')}: expected a mapping "
+                              f"{{key: ..., pipe_id: ...}}, got {item!r}")
+        entry = s.child(f"api_keys[{i}]", item)
+        keys.append(ApiKey(entry.get("key", str, _REQUIRED), entry.get("pipe_id", str, _REQUIRED)))
+        entry.done()
+    return ReceiverConfig(driver=s.get("driver", str, "http", choices=RECEIVER_DRIVERS),
+                          bind_host=s.get("bind_host", str, "0.0.0.0"),
+                          port=s.get("port", int, 8102, 1, 65535), api_keys=keys,
+                          disabled=s.get("disabled", bool, False))
+
+
+def _view(s: _Section) -> ViewConfig:
+    keys = [_convert(str, k, s.where(f"api_keys[{i}]"))
+            for i, k in enumerate(s.items("api_keys"))]
+    params = s.child("driver_params")
+    nested = {part: params.child(part) for path, *_ in _FS_PARAMS.values() for part in path[:-1]}
+    for path, kind, _default, minimum in _FS_PARAMS.values():
+        nested.get(path[0], params).get(path[-1], kind, None, minimum)
+    for sec in (params, *nested.values()):
+        sec.done()
+    return ViewConfig(driver=s.get("driver", str, "fs", choices=VIEW_DRIVERS),
+                      driver_params=dict(params.data), api_keys=keys,
+                      disabled=s.get("disabled", bool, False))
+
+
+def _pipe(s: _Section) -> PipeConfig:
+    views = [_convert(str, v, s.where(f"views[{i}]")) for i, v in enumerate(s.items("views"))]
+    return PipeConfig(receiver=s.get("receiver", str, _REQUIRED), views=views,
+                      allow_concurrent_push=s.get("allow_concurrent_push", bool, True),
+                      session_timeout_seconds=s.get("session_timeout_seconds", int, 30, 1),
+                      audit_interval_sec=s.get("audit_interval_sec", float, 600.0, 0),
+                      sentinel_interval_sec=s.get("sentinel_interval_sec", float, 120.0, 0))
+
+
+# global key -> (type, minimum, maximum)
+_GLOBALS: dict[str, tuple[type, float | None, float | None]] = {
+    "host": (str, None, None), "port": (int, 1, 65535), "data_dir": (str, None, None),
+    "session_cleanup_interval": (float, 0.001, None), "max_body_bytes": (int, 1, None)}
+
+
+def _globals(s: _Section, out: dict[str, Any]) -> None:
+    """Parse the global keys present in one file into ``out`` (later files overwrite)."""
+    for key, (kind, minimum, maximum) in _GLOBALS.items():
+        if s.data.get(key) is not None:
+            out[key] = s.get(key, kind, None, minimum, maximum)
+    raw = s.data.get("logging")
+    s.used.add("logging")
+    if raw is None:
+        return
+    sub, key = (s.child("logging"), "level") if isinstance(raw, dict) else (s, "logging")
+    level = sub.get(key, str, "INFO").upper()
+    level = "WARNING" if level == "WARN" else level
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{sub.where(key)}: unknown log level {level!r} "
+                          f"(use one of: {', '.join(LOG_LEVELS)})")
+    out.update(logging=level, log_format=None, log_dir=None)
+    if sub is not s:
+        out.update(log_format=sub.get("format", str, None), log_dir=sub.get("dir", str, None))
+        sub.done()
+
+
+_SECTIONS: dict[str, Callable[[_Section], Any]] = {
+    "receivers": _receiver, "views": _view, "pipes": _pipe}
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: YAML syntax error{at}: {problem}; fix the file "
+                          "(the server does not start with a broken config)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+
+
+def _config_files(target: Path | None) -> list[Path]:
+    home_dir = fustor_home() / "fusion-config"
+    target = home_dir if target is None else Path(target).expanduser()
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if target.is_file():
+        return [target]
+    if target == home_dir:
+        return []  # nothing configured yet: the caller may use default_config()
+    raise ConfigError(f"{target}: no such config file or directory; create it or point "
+                      "FUSTOR_HOME / the command line at your fusion-config directory")
+
+
+def load_fusion_config(target: Path | None = None) -> FusionConfig:
+    """Read, merge and check the fusion config; raise ConfigError on anything broken.
+
+    ``target`` None means ``fustor_home()/fusion-config/`` (a missing directory gives an
+    empty config, so the caller can fall back to :func:`default_config`); a directory
+    means all its ``*.yaml``/``*.yml`` files in name order; a file means just that file.
+    """
+    cfg = FusionConfig()
+    origin: dict[str, str] = {}  # "pipes.x" -> file that defined it
+    found: dict[str, Any] = {}
+    for path in _config_files(target):
+        file = str(path)
+        cfg.files.append(file)
+        top = _Section(_read_yaml(path), "", file, cfg.ignored)
+        for section, parse in _SECTIONS.items():
+            if section not in top.data:
+                continue
+            entries = top.child(section)
+            for ident in list(entries.data):
+                if not isinstance(ident, str) or not ident:
+                    raise ConfigError(f"{file}: {section}.{ident!r}: ids must be non-empty "
+                                      "strings; put the id in quotes")
+                item = parse(sec := entries.child(ident))
+                sec.done()
+                if ident in (table := getattr(cfg, section)):
+                    _warn(cfg, f"{file}: {section}.{ident} replaces the definition from "
+                          f"{origin[f'{section}.{ident}']}")
+                table[ident] = item
+                origin[f"{section}.{ident}"] = file
+        _globals(top, found)
+        top.done()
+    for key, value in found.items():
+        setattr(cfg, key, value)
+    _check(cfg, origin)
+    return cfg
+
+
+def _warn(cfg: FusionConfig, message: str) -> None:
+    cfg.warnings.append(message)
+    log.warning("config: %s", message)
+
+
+def _unknown_ref(at: str, value: str, what: str, known: dict[str, Any], fix: str) -> ConfigError:
+    return ConfigError(f"{at}: {value!r} is not a configured {what} "
+                       f"(known: {', '.join(known) or 'none'}); {fix}")
+
+
+def _check(cfg: FusionConfig, origin: dict[str, str]) -> None:
+    """Checks that need the whole merged config: ids, references, shared keys."""
+    for section in _SECTIONS:
+        for ident in getattr(cfg, section):
+            at = f"{origin[f'{section}.{ident}']}: {section}.{ident}"
+            if section == "views" and "/" in ident:
+                raise ConfigError(f"{at}: a view id cannot contain '/' (it is part of the "
+                                  "query URL); rename the view")
+            if not ID_RE.match(ident) or len(ident) > ID_MAX_LEN:
+                _warn(cfg, f"{at}: id is not URL-safe; prefer lower-case letters, digits, "
+                      f"'-' and '_' (at most {ID_MAX_LEN} characters)")
+    for pid, pipe in cfg.pipes.items():
+        at = f"{origin[f'pipes.{pid}']}: pipes.{pid}"
+        if pipe.receiver not in cfg.receivers:
+            raise _unknown_ref(f"{at}.receiver", pipe.receiver, "receiver", cfg.receivers,
+                               "fix the name or add it under receivers:")
+        for i, vid in enumerate(pipe.views):
+            if vid not in cfg.views:
+                raise _unknown_ref(f"{at}.views[{i}]", vid, "view", cfg.views,
+                                   "fix the name or add it under views:")
+        if not pipe.views:
+            _warn(cfg, f"{at}.views: no views listed, so this pipe will not start")
+    seen: dict[str, str] = {}  # key -> where first seen; messages never show the key itself
+    owners = [(f"views.{vid}", v.api_keys) for vid, v in cfg.views.items()]
+    owners += [(f"receivers.{rid}", [k.key for k in r.api_keys])
+               for rid, r in cfg.receivers.items()]
+    for owner, keys in owners:
+        for i, key in enumerate(keys):
+            if key in seen:
+                _warn(cfg, f"{origin[owner]}: {owner}.api_keys[{i}]: same key as {seen[key]}; "
+                      "only the first (views before receivers) is used")
+            seen.setdefault(key, f"{owner}.api_keys[{i}]")
+    for rid, rec in cfg.receivers.items():
+        for i, k in enumerate(rec.api_keys):
+            at = f"{origin[f'receivers.{rid}']}: receivers.{rid}.api_keys[{i}].pipe_id"
+            if k.pipe_id not in cfg.pipes:
+                raise _unknown_ref(at, k.pipe_id, "pipe", cfg.pipes,
+                                   "fix the name or remove the key")
+            if cfg.pipes[k.pipe_id].receiver != rid:
+                _warn(cfg, f"{at}: pipe {k.pipe_id!r} uses receiver "
+                      f"{cfg.pipes[k.pipe_id].receiver!r}, so this key cannot open sessions "
+                      f"on {rid!r}")
+
+
+def enabled_pipes(cfg: FusionConfig) -> dict[str, PipeConfig]:
+    """Pipes that can run (receiver and at least one view present and enabled), as copies
+    listing only their usable views, so ``views[0]`` is the primary view actually served."""
+    out: dict[str, PipeConfig] = {}
+    for pid, pipe in cfg.pipes.items():
+        receiver = cfg.receivers.get(pipe.receiver)
+        if receiver is None or receiver.disabled:
+            continue
+        views = [v for v in pipe.views if v in cfg.views and not cfg.views[v].disabled]
+        if views:
+            out[pid] = dataclasses.replace(pipe, views=views)
+    return out
+
+
+def resolve_key(cfg: FusionConfig, key: str | None) -> KeyScope | None:
+    """The scope of an ``X-API-Key`` (spec §2, resolver A), or None if unknown.
+
+    View keys win over receiver keys, first match in config order; keys of disabled views
+    and receivers do not count. A pipe key stands for the pipe's enabled views (§3.7).
+    """
+    if not key:
+        return None
+    given = key.encode()
+
+    def same(k: str) -> bool:  # constant time, so response times do not leak key prefixes
+        return hmac.compare_digest(given, k.encode())
+
+    for vid, view in cfg.views.items():
+        if not view.disabled and any(same(k) for k in view.api_keys):
+            return KeyScope("view", vid, [vid])
+    for receiver in cfg.receivers.values():
+        for entry in [] if receiver.disabled else receiver.api_keys:
+            if same(entry.key):
+                pipe = enabled_pipes(cfg).get(entry.pipe_id)
+                return KeyScope("pipe", entry.pipe_id, list(pipe.views) if pipe else [])
+    return None
+
+
+def _load_keys(path: Path) -> dict[str, str]:
+    data = _read_yaml(path) if path.exists() else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping {{ingest: ..., query: ...}}; "
+                          "delete the file to generate new keys")
+    return {name: _convert(str, data[name], f"{path}: {name}")
+            for name in ("ingest", "query") if data.get(name) is not None}
+
+
+def default_config(data_dir: Path) -> FusionConfig:
+    """The zero-config setup: receiver, fs view and pipe all named ``default``.
+
+    The agent (ingest) key and the query key are generated on first use and kept in
+    ``data_dir/keys.yaml`` (mode 0600), so they survive restarts.
+    """
+    data_dir = Path(data_dir).expanduser()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEYS_FILE
+    keys = _load_keys(path)
+    if set(keys) != {"ingest", "query"}:
+        for name in ("ingest", "query"):
+            keys.setdefault(name, secrets.token_urlsafe(24))
+        fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=data_dir)  # created 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write("# API keys of the zero-config fusion; delete to generate new ones\n")
+                yaml.safe_dump(keys, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)  # a crash never leaves a half-written keys file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    elif path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # keys are secrets; never leave them readable by others
+    return FusionConfig(
+        data_dir=str(data_dir),
+        receivers={"default": ReceiverConfig(api_keys=[ApiKey(keys["ingest"], "default")])},
+        views={"default": ViewConfig(api_keys=[keys["query"]])},
+        pipes={"default": PipeConfig(receiver="default", views=["default"])},
+        generated_keys=dict(keys))
+
+
+EXAMPLE_CONFIG = """\
+# fustor fusion config. Every *.yaml in $FUSTOR_HOME/fusion-config/ is merged in file-name
+# order, so receivers, views and pipes may live in separate files.
+
+host: 0.0.0.0                     # query API and management listen here
+port: 8101
+logging: INFO                     # or {level: INFO, format: "...", dir: /var/log/fustor}
+session_cleanup_interval: 5.0     # seconds between sweeps for expired agent sessions
+max_body_bytes: 67108864          # larger request bodies are refused with 413
+# data_dir: /var/lib/fustor       # where the view stores live
+
+receivers:                        # where agents connect: http://<host>:<port>
+  http-main:
+    driver: http
+    bind_host: 0.0.0.0
+    port: 8102
+    api_keys:                     # an agent key opens sessions for one pipe
+      - {key: change-me-agent-key, pipe_id: research}
+
+views:                            # the trees users query
+  research:
+    driver: fs                    # or forest-fs: one tree per pipe behind one view
+    api_keys: [change-me-query-key]
+    driver_params:
+      hot_file_threshold: 30.0    # files changed less than this many seconds ago are "hot"
+      max_tree_items: 100000      # tree/search refused above this many items (0: no limit)
+      consistency: {tombstone_ttl_seconds: 3600.0}
+      limits: {max_nodes: 0}      # 0: unlimited
+
+pipes:                            # a receiver feeding views; the first view is the primary
+  research:                       # (naming a pipe like its primary view keeps keys simple)
+    receiver: http-main
+    views: [research]
+    allow_concurrent_push: true
+    session_timeout_seconds: 30   # an agent silent this long loses its session
+    audit_interval_sec: 600.0     # told to agents: how often to re-scan for drift
+    sentinel_interval_sec: 120.0  # told to agents: how often to re-check suspect files
+"""
+
+
+def dump_example() -> str:
+    """A commented example config that :func:`load_fusion_config` accepts."""
+    return EXAMPLE_CONFIG

@@ -1,0 +1,156 @@
+"""Agent-facing routes (the receiver): sessions, event batches, consistency signals.
+
+Paths and payloads are those of the 0.8.17 wire protocol (spec/fusion-protocol.md
+§3). Unlike the original, every session route checks that the session belongs to
+the caller key's pipe, and an unknown or expired session answers 419 on every
+route, so agents re-create their session at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fustor.errors import FustorError
+
+router = APIRouter(prefix="/api/v1/pipe")
+
+
+class BadPayloadError(FustorError):
+    status = 422
+    code = "invalid_payload"
+
+
+class MalformedJsonError(FustorError):
+    status = 400
+    code = "malformed_json"
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    event_type: Literal["insert", "update", "delete"]
+    event_schema: str
+    table: str
+    fields: list[str]
+    rows: list[dict]
+    index: int = -1
+    message_source: Literal["realtime", "snapshot", "audit", "on_demand_job"] = "realtime"
+    metadata: dict | None = None
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    events: list[Event]
+    source_type: str = "message"
+    is_end: bool = False
+    metadata: dict | None = None
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    task_id: str
+    client_info: dict | None = None
+    session_timeout_seconds: int | None = None
+    source_type: str | None = None
+
+
+def json_response(obj, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in e["loc"]) or "body"
+        parts.append(f"{loc}: {e['msg']}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+async def parse(request: Request, model: type[BaseModel] | None = None, *, tolerant: bool = False) -> dict:
+    """The JSON body as plain dicts, checked against ``model`` (422 naming the field)."""
+    raw = await request.body()
+    try:
+        obj = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        if tolerant:
+            return {}
+        raise MalformedJsonError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        if tolerant:
+            return {}
+        raise BadPayloadError("the request body must be a JSON object")
+    if model is not None:
+        try:
+            model.model_validate(obj)
+        except ValidationError as exc:
+            raise BadPayloadError(validation_message(exc)) from None
+    return obj
+
+
+def fusion(request: Request):
+    return request.app.state.fusion
+
+
+def api_key(request: Request) -> str | None:
+    return request.headers.get("x-api-key")
+
+
+@router.get("/session/")
+async def discover(request: Request):
+    """Which pipe or view this key is for."""
+    sc = fusion(request).scope(api_key(request))
+    return json_response({"view_id": sc.id, "status": "authorized"})
+
+
+@router.post("/session/")
+async def create_session(request: Request):
+    """Open a session for the key's pipe; the reply says leader or follower."""
+    body = await parse(request, CreateSession)
+    ip = request.client.host if request.client else None
+    return json_response(await fusion(request).create_session(api_key(request), body, ip))
+
+
+@router.post("/session/{session_id}/heartbeat")
+async def heartbeat(session_id: str, request: Request):
+    """Keep the session alive; returns the role and any queued commands."""
+    body = await parse(request, tolerant=True)
+    return json_response(fusion(request).heartbeat(api_key(request), session_id, body))
+
+
+@router.delete("/session/{session_id}")
+async def close_session(session_id: str, request: Request):
+    """Close the session; leadership passes to the oldest other session."""
+    return json_response(fusion(request).close_session(api_key(request), session_id))
+
+
+@router.post("/ingest/{session_id}/events")
+async def push_events(session_id: str, request: Request):
+    """Apply a batch of events; 200 means committed to disk (all rows, or all valid rows)."""
+    body = await parse(request, EventBatch)
+    return json_response(await fusion(request).push(api_key(request), session_id, body))
+
+
+@router.post("/consistency/audit/start")
+async def audit_start(request: Request):
+    return json_response(await fusion(request).audit_start(api_key(request)))
+
+
+@router.post("/consistency/audit/end")
+async def audit_end(request: Request):
+    return json_response(await fusion(request).audit_end(api_key(request)))
+
+
+@router.get("/consistency/sentinel/tasks")
+async def sentinel_tasks(request: Request):
+    return json_response(fusion(request).sentinel_tasks(api_key(request)))
+
+
+@router.post("/consistency/sentinel/feedback")
+async def sentinel_feedback(request: Request):
+    body = await parse(request)
+    return json_response(await fusion(request).sentinel_feedback(api_key(request), body))

@@ -1,0 +1,168 @@
+"""User-facing query routes of a view: tree, stats, search, blind spots, suspects, jobs, sessions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from fustor.fusion.api.ingest import BadPayloadError, json_response, parse
+from fustor.fusion.sessions import ForbiddenError
+
+router = APIRouter(prefix="/api/v1/views/{view_id}")
+
+
+def _ctx(request: Request, view_id: str):
+    f = request.app.state.fusion
+    f.scope(request.headers.get("x-api-key"))
+    return f, f.view(view_id)
+
+
+@router.get("/tree")
+async def tree(
+    view_id: str, request: Request,
+    path: str = Query("/", description="Directory or file to return"),
+    recursive: bool = Query(True, description="false lists only the direct children"),
+    max_depth: int | None = Query(None, ge=0, description="Levels of children to include"),
+    only_path: bool = Query(False, description="Only name, content_type and path per node"),
+    dry_run: bool = False,
+    on_demand_scan: bool = Query(False, description="Ask every agent of the view to re-scan path"),
+    after: str | None = Query(None, description="Page on: the next_after value of the previous page"),
+    limit: int = Query(10_000, ge=1, le=1_000_000, description="Children listed per directory"),
+):
+    """A directory (or file) and its children, sorted by name, paginated per directory."""
+    f, v = _ctx(request, view_id)
+    f.check_ready(v)
+    if dry_run:
+        return json_response({"message": "dry-run", "view_id": view_id})
+    job_id = None
+    if on_demand_scan:
+        job_id = f.sessions.start_scan(view_id, view_id, path, recursive).job_id
+    try:
+        out = await run_in_threadpool(v.tree, path, recursive=recursive, max_depth=max_depth,
+                                      only_path=only_path, after=after, limit=limit)
+    except Exception as exc:
+        from fustor.errors import NotFoundError
+
+        if isinstance(exc, NotFoundError):
+            pending = f.sessions.scan_pending(view_id, path)
+            if pending is not None:
+                return json_response({"job_id": pending or job_id, "job_pending": True,
+                                      "message": "Path not found, but a find has been triggered and is pending."})
+        raise
+    pending = f.sessions.scan_pending(view_id, path)
+    out["job_id"] = job_id or pending or None
+    out["job_pending"] = pending is not None
+    return json_response(out)
+
+
+@router.get("/stats")
+async def stats(view_id: str, request: Request,
+                path: str = Query("/", description="Directory whose subtree is counted")):
+    """Subtree counts of path in O(1) (file_count, dir_count, total_size, latest_mtime) and view health."""
+    f, v = _ctx(request, view_id)
+    f.check_ready(v)
+    out = await run_in_threadpool(v.stats, path)
+    out.update(f.freshness(v))
+    return json_response(out)
+
+
+@router.get("/search")
+async def search(view_id: str, request: Request,
+                 pattern: str = Query(..., description="Glob on name or path, or a substring of the name"),
+                 path: str = Query("/", description="Search under this directory"),
+                 limit: int = Query(1000, ge=1, le=1_000_000)):
+    """Files under path matching pattern, at most limit."""
+    f, v = _ctx(request, view_id)
+    f.check_ready(v)
+    return json_response(await run_in_threadpool(v.search, pattern, path, limit))
+
+
+@router.get("/blind-spots")
+async def blind_spots(view_id: str, request: Request):
+    """Changes learned only from audits (no realtime confirmation)."""
+    _f, v = _ctx(request, view_id)
+    return json_response(await run_in_threadpool(v.blind_spots))
+
+
+@router.get("/suspect-list")
+async def suspect_list(view_id: str, request: Request):
+    """Files that may still be being written."""
+    _f, v = _ctx(request, view_id)
+    return json_response(await run_in_threadpool(v.suspect_list))
+
+
+@router.put("/suspect-list")
+async def put_suspect_list(view_id: str, request: Request):
+    """Re-stat results for suspects: {"updates": [{"path", "mtime"}]}."""
+    _f, v = _ctx(request, view_id)
+    body = await parse(request)
+    updates = body.get("updates")
+    if not isinstance(updates, list):
+        raise BadPayloadError("updates: a list of {path, mtime} objects is required")
+    n = await v.update_suspects([u for u in updates if isinstance(u, dict)])
+    return json_response({"view_id": view_id, "updated_count": n, "status": "ok"})
+
+
+@router.delete("/reset")
+async def reset(view_id: str, request: Request):
+    """Empty the view (tree and all consistency state); agents re-fill it."""
+    _f, v = _ctx(request, view_id)
+    await v.reset()
+    return Response(status_code=204)
+
+
+def _own_view(f, request: Request, view_id: str) -> None:
+    sc = f.scope(request.headers.get("x-api-key"))
+    if view_id not in sc.views:
+        raise ForbiddenError("API Key not authorized for this view")
+
+
+def _job_json(f, job) -> dict:
+    alive = set(f.sessions.sessions)
+    total = len(job.expected)
+    done = len(job.done & job.expected)
+    return {"job_id": job.job_id, "view_id": job.view_id, "path": job.path,
+            "status": job.status(alive),
+            "progress": {"completed_pipes": done, "total_pipes": total,
+                         "percentage": 100.0 * done / total if total else 100.0},
+            "created_at": job.created_at, "completed_at": job.completed_at}
+
+
+@router.get("/jobs")
+async def jobs(view_id: str, request: Request):
+    f, _v = _ctx(request, view_id)
+    _own_view(f, request, view_id)
+    return json_response({"jobs": [_job_json(f, j) for j in f.sessions.jobs.values()
+                                   if j.view_id == view_id]})
+
+
+@router.get("/jobs/{job_id}")
+async def job(view_id: str, job_id: str, request: Request):
+    f, _v = _ctx(request, view_id)
+    _own_view(f, request, view_id)
+    j = f.sessions.jobs.get(job_id)
+    if j is None or j.view_id != view_id:
+        from fustor.errors import NotFoundError
+
+        raise NotFoundError(f"job {job_id} not found in view {view_id}")
+    return json_response(_job_json(f, j))
+
+
+@router.get("/sessions")
+async def sessions(view_id: str, request: Request):
+    """Agent sessions feeding this view, with role and activity."""
+    f, _v = _ctx(request, view_id)
+    _own_view(f, request, view_id)
+    out = []
+    for s in f.sessions.for_key(view_id):
+        role = f.sessions.role(s)
+        out.append({"session_id": s.session_id, "task_id": s.task_id, "agent_id": s.agent_id,
+                    "client_ip": s.client_ip, "source_uri": s.source_uri,
+                    "last_activity": s.last_activity, "created_at": s.created_at,
+                    "allow_concurrent_push": s.allow_concurrent_push,
+                    "session_timeout_seconds": s.timeout, "role": role,
+                    "can_snapshot": role == "leader", "can_audit": role == "leader",
+                    "can_realtime": s.can_realtime, "can_send": True,
+                    "events_pushed": s.events_pushed, "agent_status": s.agent_status})
+    return json_response({"view_id": view_id, "count": len(out), "active_sessions": out})

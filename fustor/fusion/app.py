@@ -1,0 +1,117 @@
+"""FastAPI apps: the main app (query API + receiver routes) and a receiver-only app."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from fustor.errors import FustorError
+from fustor.fusion.api import ingest, views
+from fustor.fusion.api.ingest import json_response
+from fustor.fusion.core import Fusion, NotReadyError
+from fustor.store import StoreBusyError
+
+log = logging.getLogger("fustor.fusion")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 before reading them whole."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await self._refuse(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = (f'{{"detail": "request body over the limit of {self.limit} bytes; '
+                f'send smaller batches", "code": "body_too_large"}}').encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(FustorError)
+    async def fustor_error(request: Request, exc: FustorError) -> Response:
+        resp = json_response(exc.to_body(), exc.status)
+        if isinstance(exc, NotReadyError):
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, StoreBusyError) or exc.status == 503:
+            resp.headers["Retry-After"] = "1"
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+        return json_response({"detail": "; ".join(parts), "code": "invalid_request"}, 422)
+
+
+def create_app(fusion: Fusion, *, receiver_routes: bool = True) -> FastAPI:
+    """The main app: query API, and (by default) the receiver routes on the same port."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await fusion.start_loops()
+        try:
+            yield
+        finally:
+            await fusion.stop()
+
+    app = FastAPI(title="fustor fusion", version="0.1.0", lifespan=lifespan,
+                  description="Query API of fustor views and the agent ingest protocol.")
+    app.state.fusion = fusion
+    _install_errors(app)
+    app.include_router(views.router)
+    if receiver_routes:
+        app.include_router(ingest.router)
+
+    @app.get("/")
+    async def root():
+        return {"message": "Welcome to Fusion Storage Engine Ingest API"}
+
+    app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
+    return app
+
+
+def create_receiver_app(fusion: Fusion) -> FastAPI:
+    """A receiver listener: only the agent routes (its lifecycle is the main app's)."""
+    app = FastAPI(title="fustor receiver", version="0.1.0")
+    app.state.fusion = fusion
+    _install_errors(app)
+    app.include_router(ingest.router)
+
+    @app.get("/")
+    async def root():
+        return {"message": "Welcome to Fusion Storage Engine Ingest API"}
+
+    app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
+    return app

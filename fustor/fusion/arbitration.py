@@ -1,0 +1,416 @@
+"""The consistency rules of an fs view (spec/consistency.md §4-§10), run inside a store
+write transaction.
+
+Every function takes the transaction's ``TreeWriter`` ``w`` and the view's
+``ViewState`` ``st``; all per-path state is in the store, so a restart loses
+nothing. The caller saves ``st`` (``st.save(w)``) once at the end of its job.
+
+    process_event(w, st, event)   rows in arrival order:
+        validate row ─ reject (index, path, reason); the other rows still apply
+        clock.update(mtime, sample only if realtime) ─► watermark WM
+        audit source: auto-start a cycle, mark the node seen, drop its blind deletion
+        delete ─► realtime: delete subtree, tombstone (WM, wall), clear blind entries
+                  compensation: tombstone or newer node blocks; else delete, blind deletion
+        upsert ─► Rule 1 tombstone gate ─► Rule 2 mtime guard (compensation)
+                  ─► Rule 3 parent mtime (audit, new path) ─► capacity (new nodes)
+                  ─► write node with its flags ─► suspect / blind-spot entries
+
+Sources: ``realtime`` (stream of truth) and the compensation sources ``snapshot``,
+``audit``, ``on_demand_job`` (stat walks, applied only when strictly newer).
+
+Upstream quirks (spec §15) and what we do:
+
+1. Realtime always wins over the tree, even with an older mtime: kept.
+2. The tombstone gate applies to every source, realtime included; a realtime
+   re-create with mtime <= the deletion watermark (+1e-5) is dropped: kept.
+3. ``audit_skipped`` rows bypass the mtime guard (a silent dir may regress its
+   mtime): kept; the row is a fresh stat.
+4. A dropped non-silent dir row leaves a stale ``audit_skipped``: kept (it only
+   ever protects children from deletion).
+5. Snapshot rows do not clear blind deletions; every session start clears both
+   blind sets: kept.
+6. Sentinel ``status: "missing"`` stores mtime 0.0 upstream: changed, see
+   ``suspects.update_suspect`` (node kept unchanged and flagged until realtime or
+   the audit settles it).
+7. Tombstones are purged only at audit end: kept.
+9. Rule 3 looks ``parent_path`` up exactly as sent (no normalisation), so it is
+   inert for 0.8.17 agents that send agent-side absolute paths: kept.
+10. An event with no rows is not processed (``EventResult.processed`` False; the
+    caller counts it as an error): kept.
+11. The skew is a whole number of seconds (truncated): kept.
+13. Auto-created parents have mtime 0.0: kept.
+
+Our own choices where upstream raises or does something unhelpful:
+
+- A row whose path cannot be stored (``..``, NUL, name > 255 bytes), has no
+  path, or carries a non-numeric/non-finite/negative field is rejected alone with
+  its reason; upstream would abort the rest of the event.
+- Deleting ``/`` is ignored (upstream refuses the tree delete but still writes a
+  tombstone or a blind deletion for ``/``).
+- An upsert without ``modified_time`` stores 0.0 and does not sample the clock.
+- Capacity (``max_nodes``) is all or nothing per row: a new node is created only
+  if it and all its missing parents fit (upstream creates parents until full and
+  may leave an orphan). A file in the way of a parent counts as a new node.
+- Audit "seen" is a per-node mark rather than a set of paths: a path seen by the
+  audit whose node is later deleted and re-created by a compensation row in the
+  same cycle loses its mark and may be judged missing (realtime re-creates are
+  protected by their ``last_updated_at``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from fustor.clock import LogicalClock
+from fustor.errors import PathError
+from fustor.fusion.audit import audit_end, audit_start, begin_cycle, reset, session_start
+from fustor.fusion.suspects import sweep_suspects, update_suspect
+from fustor.fusion.view_state import ViewState
+from fustor.store import TreeWriter, keys
+
+__all__ = [
+    "EPS", "TEPS", "EventResult", "LogicalClock", "ViewState", "audit_end", "audit_start",
+    "process_event", "reset", "session_start", "sweep_suspects", "update_suspect",
+]
+
+EPS = 1e-6  # mtime equality
+TEPS = 1e-5  # tombstone margin: a re-create must be this much newer than the deletion
+
+REALTIME, SNAPSHOT, AUDIT, ON_DEMAND = "realtime", "snapshot", "audit", "on_demand_job"
+SOURCES = frozenset((REALTIME, SNAPSHOT, AUDIT, ON_DEMAND))
+EVENT_TYPES = frozenset(("insert", "update", "delete"))
+SIZE_LIMIT = 2**63  # sizes are stored as signed 64-bit integers
+
+_norm = keys.normalise
+_ROOT = keys.ROOT
+_isfinite = math.isfinite
+
+
+@dataclass(slots=True)
+class EventResult:
+    """Outcome of one event: ``applied`` rows changed state, ``ignored`` rows lost
+    arbitration (stale, tombstoned, over capacity), ``rejected`` rows were invalid."""
+
+    processed: bool = False
+    applied: int = 0
+    ignored: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _number(row: dict, name: str, default: float) -> float:
+    v = row.get(name)
+    if v is None:
+        return default
+    if v.__class__ is float:
+        if _isfinite(v):
+            return v
+    elif isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    raise _Invalid(f"{name} must be a finite number, got {v!r}")
+
+
+def _size(row: dict) -> int:
+    v = row.get("size")
+    if v is None:
+        return 0
+    if v.__class__ is int:
+        if 0 <= v < SIZE_LIMIT:
+            return v
+    elif isinstance(v, float) and v.is_integer() and 0 <= v < SIZE_LIMIT:
+        return int(v)
+    raise _Invalid(f"size must be a whole number of bytes, got {v!r}")
+
+
+def _path(row: dict) -> bytes:
+    raw = row.get("path") or row.get("file_path")
+    if not raw:
+        raise _Invalid("row has no path")
+    if not isinstance(raw, (str, bytes)):
+        raise _Invalid(f"path must be a string, got {type(raw).__name__}")
+    try:
+        return _norm(raw)
+    except PathError as exc:
+        raise _Invalid(exc.message) from None
+
+
+def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
+    """Apply one wire event (``event_type``, ``message_source``, ``rows``) row by row."""
+    res = EventResult()
+    rows = event.get("rows") or []
+    if not rows:
+        return res
+    res.processed = True
+    src = event.get("message_source") or REALTIME
+    etype = event.get("event_type")
+    if src not in SOURCES or etype not in EVENT_TYPES:
+        reason = (f"unknown message_source {src!r}" if src not in SOURCES
+                  else f"unknown event_type {etype!r}")
+        res.rejected = [{"index": i, "path": _raw_path(r), "reason": reason}
+                        for i, r in enumerate(rows)]
+        return res
+    deleting = etype == "delete"
+    realtime = src == REALTIME
+    audit = src == AUDIT
+    now = st.now
+    clock = st.clock
+    if audit and st.last_audit_start is None:
+        begin_cycle(w, st, now())
+    cap = _Capacity(w, st.max_nodes) if st.max_nodes > 0 else None
+    latency = st.last_event_latency_ms
+    applied = ignored = 0
+    for i, row in enumerate(rows):
+        try:
+            if row.__class__ is not dict:
+                raise _Invalid("row is not an object")
+            path = _path(row)
+            if deleting:
+                mtime = _number(row, "modified_time", None)
+            else:
+                given = row.get("modified_time")
+                mtime = _number(row, "modified_time", 0.0)
+                size = _size(row)
+                ctime = _number(row, "created_time", 0.0)
+                is_dir = bool(row.get("is_directory") or row.get("is_dir"))
+                if path == _ROOT and not is_dir:
+                    raise _Invalid("the root of a view is a directory")
+        except _Invalid as exc:
+            res.rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
+            continue
+        wall = now()
+        if deleting or given is None:
+            wm = clock.update(mtime, False)
+        else:
+            wm = clock.update(mtime, realtime)
+        latency = (wm - mtime) * 1000.0 if mtime is not None and wm > mtime else 0.0
+        if audit:
+            st.audit_rows_seen += 1
+        if deleting:
+            ok = _delete(w, st, path, mtime, src, wall, wm, cap)
+        else:
+            if audit:
+                w.discard_blind("deletions", path)  # seen again
+            ok = _upsert(w, st, row, path, is_dir, size, mtime, ctime, src, wall, wm, cap)
+        if ok:
+            applied += 1
+        else:
+            ignored += 1
+        st.last_event_at = wall
+    st.last_event_latency_ms = latency
+    res.applied = applied
+    res.ignored = ignored
+    return res
+
+
+def _raw_path(row) -> object:
+    if row.__class__ is not dict:
+        return None
+    p = row.get("path") or row.get("file_path")
+    return p if isinstance(p, str) else (None if p is None else repr(p))
+
+
+class _Capacity:
+    """Counts nodes while an event runs, so ``max_nodes`` holds without reading
+    aggregates per row (they are only exact after ``w.flush()``)."""
+
+    __slots__ = ("w", "limit", "count")
+
+    def __init__(self, w: TreeWriter, limit: int) -> None:
+        self.w = w
+        self.limit = limit
+        self.count = -1  # counted on first need
+
+    def _recount(self) -> None:
+        self.w.flush()
+        s = self.w.stats(_ROOT)
+        self.count = s.file_count + s.dir_count
+
+    def allow(self, path: bytes) -> bool:
+        """True (and counted) when ``path`` and its missing parents fit."""
+        if self.count < 0:
+            self._recount()
+        need = 1
+        w = self.w
+        p = keys.parent_of(path)
+        while True:
+            n = w.get(p)
+            if n is not None and n.is_dir:
+                break
+            need += 1
+            if p == _ROOT:
+                break
+            p = keys.parent_of(p)
+        if self.count + need > self.limit:
+            return False
+        self.count += need
+        return True
+
+    def removed(self, n: int) -> None:
+        if self.count >= 0:
+            self.count -= n
+
+    def invalidate(self) -> None:
+        self.count = -1
+
+
+def _mark_seen(w: TreeWriter, st: ViewState, path: bytes, node, row_is_dir: bool) -> None:
+    """Record an audit sighting of ``path`` that did not rewrite its node."""
+    if node is None:
+        node = w.get(path)
+    if row_is_dir or (node is not None and node.is_dir):
+        w.add_audit_dir(path)
+    if node is not None and node.audit_mark != st.audit_cycle:
+        node.audit_mark = st.audit_cycle
+        w.put_flags(node)
+
+
+def _delete(w, st, path, mtime, src, wall, wm, cap) -> bool:
+    if path == _ROOT:
+        return False
+    if src == REALTIME:
+        n = w.delete(path)  # drops the subtree's suspects and blind additions
+        # Even for an unknown path: a stale compensation row must not create it.
+        w.put_tombstone(path, wm, wall)
+        w.discard_blind("deletions", path)
+        w.discard_blind("additions", path)
+        if cap is not None:
+            cap.removed(n)
+        return True
+    audit = src == AUDIT
+    if w.tombstone(path) is not None:
+        if audit:
+            _mark_seen(w, st, path, None, False)
+        return False
+    old = w.get(path)
+    if old is not None and mtime is not None and old.modified_time > mtime:  # ties delete
+        if audit:
+            _mark_seen(w, st, path, old, False)
+        return False
+    n = w.delete(path)
+    w.add_blind("deletions", path)
+    if cap is not None:
+        cap.removed(n)
+    return True
+
+
+def _upsert(w, st, row, path, is_dir, size, mtime, ctime, src, wall, wm, cap) -> bool:
+    audit = src == AUDIT
+    # Rule 1: tombstone gate, every source.
+    ts = w.tombstone(path)
+    if ts is not None:
+        if mtime > ts[0] + TEPS:
+            w.delete_tombstone(path)  # reincarnation
+        else:
+            if audit:
+                _mark_seen(w, st, path, None, is_dir)
+            return False
+    old = w.get(path)
+    bypass = bool(row.get("audit_skipped"))
+    skipped = bypass if is_dir else None
+    switch = old is not None and old.is_dir != is_dir
+    T = st.hot_file_threshold
+
+    if src == REALTIME:
+        if old is None and cap is not None and not cap.allow(path):
+            return False
+        atomic = row.get("is_atomic_write", True) is not False
+        w.upsert(
+            path, is_dir, size, mtime, ctime, last_updated_at=wall,
+            integrity_suspect=not atomic, known_by_agent=True, audit_skipped=skipped,
+            audit_mark=old.audit_mark if switch else None,
+        )
+        if atomic:
+            if old is not None and old.integrity_suspect and not switch:
+                w.delete_suspect(path)
+        else:  # partial write: suspect for a full threshold from now, renewed each time
+            w.put_suspect(path, wall + T, mtime)
+        w.discard_blind("additions", path)
+        w.discard_blind("deletions", path)
+        if switch and cap is not None:
+            cap.invalidate()
+        return True
+
+    # Rule 2: compensation rows must be strictly newer (silent dirs bypass it).
+    if old is not None and not bypass and old.modified_time >= mtime:
+        if audit:
+            _mark_seen(w, st, path, old, is_dir)
+        return False
+    if old is None:
+        # Rule 3: an audit row for an unknown path whose parent (looked up exactly
+        # as sent) is newer in the tree than the scan saw it is stale.
+        if audit:
+            parent = _exact_dir(w, row.get("parent_path"))
+            if parent is not None and parent.modified_time > _parent_mtime(row):
+                return False
+        if cap is not None and not cap.allow(path):
+            return False
+    snapshot = src == SNAPSHOT
+    age = wm - mtime
+    changed = old is None or abs(old.modified_time - mtime) > EPS
+    known = suspect = None
+    if changed:
+        known = snapshot
+        suspect = age < T
+    else:  # only silent dir rows get here
+        if snapshot:
+            known = True
+        if age >= T:
+            suspect = False
+    w.upsert(
+        path, is_dir, size, mtime, ctime,
+        # a type switch creates a new node; it inherits the old realtime confirmation
+        last_updated_at=old.last_updated_at if switch else None,
+        integrity_suspect=suspect, known_by_agent=known, audit_skipped=skipped,
+        audit_mark=st.audit_cycle if audit else (old.audit_mark if switch else None),
+    )
+    if audit and is_dir:
+        w.add_audit_dir(path)
+    if switch and cap is not None:
+        cap.invalidate()
+    if changed:
+        if snapshot:
+            w.discard_blind("additions", path)
+        else:
+            w.add_blind("additions", path)
+    elif snapshot:
+        w.discard_blind("additions", path)
+    if suspect:
+        # Existing entries are not renewed: repeating a hot row does not extend it.
+        if w.suspect(path) is None:
+            life = T - age
+            w.put_suspect(path, wall + (T if life > T else (life if life > 0 else 0.0)), mtime)
+    elif suspect is False and old is not None and old.integrity_suspect and not switch:
+        w.delete_suspect(path)
+    return True
+
+
+def _exact_dir(w: TreeWriter, parent_path):
+    """The directory stored under ``parent_path`` taken verbatim (upstream does not
+    normalise it), or None."""
+    if isinstance(parent_path, str):
+        try:
+            raw = parent_path.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return None
+    elif isinstance(parent_path, bytes):
+        raw = parent_path
+    else:
+        return None
+    try:
+        if _norm(raw) != raw:
+            return None
+    except PathError:
+        return None
+    node = w.get(raw)
+    return node if node is not None and node.is_dir else None
+
+
+def _parent_mtime(row: dict) -> float:
+    v = row.get("parent_mtime")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and _isfinite(v):
+        return float(v)
+    return 0.0

@@ -1,0 +1,261 @@
+"""The fusion runtime without HTTP: config, views, sessions, and what each agent call does.
+
+The API modules translate HTTP into calls on :class:`Fusion`; tests can call it
+directly. Each method takes the caller's API key and checks it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from fustor.config import FusionConfig, KeyScope, enabled_pipes, resolve_key
+from fustor.errors import FustorError, NotFoundError
+from fustor.fusion.sessions import ForbiddenError, Session, SessionManager
+from fustor.fusion.views.fs import FsView
+
+log = logging.getLogger("fustor.fusion")
+
+
+class AuthError(FustorError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotReadyError(FustorError):
+    status = 503
+    code = "view_not_ready"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Fusion:
+    def __init__(self, cfg: FusionConfig, data_dir: Path) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(data_dir)
+        self.sessions = SessionManager()
+        self.views: dict[str, FsView] = {}
+        self.pipes = enabled_pipes(cfg)
+        self.started_at = time.time()
+        self._tasks: list[asyncio.Task] = []
+        self.counters = {"events_received": 0, "events_processed": 0, "errors": 0}
+
+    # -- lifecycle ----------------------------------------------------------------
+    def open(self) -> None:
+        for vid, vc in self.cfg.views.items():
+            if vc.disabled:
+                continue
+            self.views[vid] = FsView(
+                vid, self.data_dir / "views" / f"{vid}.lmdb",
+                hot_file_threshold=vc.hot_file_threshold,
+                tombstone_ttl_seconds=vc.tombstone_ttl_seconds,
+                max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items,
+            )
+
+    async def start_loops(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._every(self.cfg.session_cleanup_interval, self._cleanup)),
+            asyncio.create_task(self._every(0.5, self._sweep)),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks = []
+        for v in self.views.values():
+            v.close()
+
+    async def _every(self, interval: float, fn) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except Exception:  # a loop must never die
+                log.exception("background task %s failed", fn.__name__)
+
+    async def _cleanup(self) -> None:
+        for s in self.sessions.expire():
+            log.info("session %s (%s) expired", s.session_id, s.task_id)
+
+    async def _sweep(self) -> None:
+        for v in self.views.values():
+            if v.store.queued == 0:
+                with v.store.read() as r:
+                    due = r.due_suspects(time.time(), limit=1)
+                if due:
+                    await v.sweep_suspects()
+
+    # -- keys ---------------------------------------------------------------------
+    def scope(self, key: str | None) -> KeyScope:
+        if not key:
+            raise AuthError("X-API-Key header is missing")
+        sc = resolve_key(self.cfg, key)
+        if sc is None:
+            raise AuthError("Invalid or inactive X-API-Key")
+        return sc
+
+    def pipe_scope(self, key: str | None) -> str:
+        sc = self.scope(key)
+        if sc.kind != "pipe":
+            raise ForbiddenError("this key is a query key; agents need a receiver (ingest) key")
+        if sc.id not in self.pipes:
+            raise FustorError(f"Pipe {sc.id} not found or not enabled") from None
+        return sc.id
+
+    def session_of(self, key: str | None, sid: str) -> Session:
+        pipe = self.pipe_scope(key)
+        s = self.sessions.get(sid)
+        if s.pipe_id != pipe:
+            raise ForbiddenError(f"session {sid} belongs to another pipe than this key's")
+        return s
+
+    def views_of_pipe(self, pipe_id: str) -> list[FsView]:
+        return [self.views[v] for v in self.pipes[pipe_id].views if v in self.views]
+
+    def view(self, view_id: str) -> FsView:
+        v = self.views.get(view_id)
+        if v is None:
+            raise NotFoundError(f"view {view_id!r} is not configured")
+        return v
+
+    # -- sessions -----------------------------------------------------------------
+    async def create_session(self, key: str | None, body: dict, client_ip: str | None = None) -> dict:
+        pipe_id = self.pipe_scope(key)
+        pc = self.pipes[pipe_id]
+        hint = body.get("session_timeout_seconds")
+        info = body.get("client_info") or {}
+        s = self.sessions.create(
+            pipe_id, list(pc.views), str(body["task_id"]), hint or pc.session_timeout_seconds,
+            pc.allow_concurrent_push, info.get("source_uri"), client_ip,
+        )
+        for v in self.views_of_pipe(pipe_id):
+            await v.session_start()
+        role = self.sessions.role(s)
+        log.info("session %s created for %s (pipe %s): %s", s.session_id, s.task_id, pipe_id, role)
+        return {
+            "session_id": s.session_id, "role": role, "is_leader": role == "leader",
+            "session_timeout_seconds": int(s.timeout) if s.timeout == int(s.timeout) else s.timeout,
+            "audit_interval_sec": pc.audit_interval_sec,
+            "sentinel_interval_sec": pc.sentinel_interval_sec,
+            "message": "Session created successfully",
+        }
+
+    def heartbeat(self, key: str | None, sid: str, body: dict) -> dict:
+        s = self.session_of(key, sid)
+        s, cmds = self.sessions.heartbeat(sid, body.get("can_realtime"), body.get("agent_status"))
+        role = self.sessions.role(s)
+        return {"status": "ok", "role": role, "is_leader": role == "leader", "message": None,
+                "can_realtime": None, "commands": cmds}
+
+    def close_session(self, key: str | None, sid: str) -> dict:
+        pipe = self.pipe_scope(key)
+        s = self.sessions.sessions.get(sid)
+        if s is not None and s.pipe_id != pipe:
+            raise ForbiddenError(f"session {sid} belongs to another pipe than this key's")
+        self.sessions.close(sid)
+        return {"status": "terminated", "session_id": sid}
+
+    # -- events -------------------------------------------------------------------
+    async def push(self, key: str | None, sid: str, batch: dict) -> dict:
+        s = self.session_of(key, sid)
+        source_type = batch.get("source_type") or "message"
+        meta = batch.get("metadata") or {}
+        if source_type in ("job_complete", "find_complete", "scan_complete") or (
+            source_type == "on_demand_job" and meta
+        ):
+            self.sessions.finish_scan(s, meta.get("scan_path"), meta.get("job_id"))
+            return {"status": "ok", "phase": "job_complete"}
+        self.sessions.touch(sid)
+        events = batch.get("events") or []
+        views = self.views_of_pipe(s.pipe_id)
+        applied, rejected = 0, []
+        if events:
+            self.counters["events_received"] += len(events)
+            results = await asyncio.gather(*(v.apply_events(events) for v in views))
+            for res in results:
+                applied = max(applied, res["applied"])
+                rejected = rejected or res["rejected"]
+            self.counters["events_processed"] += len(events)
+            s.events_pushed += len(events)
+        out = {"status": "ok", "count": len(events), "applied_rows": applied}
+        if rejected:
+            out["rejected"] = rejected
+        if batch.get("is_end"):
+            if source_type == "snapshot":
+                if self.sessions.is_leader(s):
+                    self.sessions.mark_snapshot_complete(s)
+                    for v in views:
+                        await v.mark_snapshot_complete()
+                    out["phase"] = "snapshot_complete"
+                else:
+                    log.info("snapshot end from follower session %s ignored", sid)
+            elif source_type == "audit":
+                for v in views:
+                    await v.audit_end()
+                out["phase"] = "audit_end"
+        return out
+
+    # -- consistency signals (no session: the key names the pipe) ---------------------
+    def _views_for_key(self, key: str | None) -> list[FsView]:
+        sc = self.scope(key)
+        return [self.views[v] for v in sc.views if v in self.views]
+
+    async def audit_start(self, key: str | None) -> dict:
+        views = self._views_for_key(key)
+        for v in views:
+            await v.audit_start()
+        return {"status": "audit_started", "drivers_handled": len(views)}
+
+    async def audit_end(self, key: str | None) -> dict:
+        views = self._views_for_key(key)
+        for v in views:
+            await v.audit_end()
+        return {"status": "audit_ended", "drivers_handled": len(views)}
+
+    def sentinel_tasks(self, key: str | None) -> dict:
+        sc = self.scope(key)
+        paths: list[str] = []
+        for v in self._views_for_key(key):
+            paths.extend(v.suspect_paths())
+        if not paths:
+            return {}
+        return {"type": "suspect_check", "paths": sorted(set(paths)), "view_id": sc.id}
+
+    async def sentinel_feedback(self, key: str | None, body: dict) -> dict:
+        views = self._views_for_key(key)
+        if body.get("type") != "suspect_update":
+            return {"status": "ignored", "reason": "unknown_type"}
+        updates = [u for u in body.get("updates") or [] if isinstance(u, dict)]
+        for v in views:
+            await v.update_suspects(updates)
+        return {"status": "processed", "drivers_updated": len(views)}
+
+    # -- readiness ----------------------------------------------------------------
+    def check_ready(self, view: FsView) -> None:
+        if view.snapshot_completed_at is not None or self.sessions.snapshot_complete(view.id):
+            return
+        if not self.sessions.leader_connected(view.id):
+            raise NotReadyError(
+                f"View '{view.id}': No active leader session. Ensure at least one agent is running.",
+                retry_after=10,
+            )
+        raise NotReadyError(
+            f"View '{view.id}': Initial snapshot sync phase in progress (Leader is scanning storage)",
+            retry_after=5,
+        )
+
+    def freshness(self, view: FsView) -> dict:
+        return {
+            "leader_connected": self.sessions.leader_connected(view.id),
+            "snapshot_complete": self.sessions.snapshot_complete(view.id),
+            "snapshot_completed_at": view.snapshot_completed_at,
+        }

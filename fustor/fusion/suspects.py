@@ -1,0 +1,119 @@
+"""The suspect list outside event processing: expiry sweep and sentinel feedback
+(spec/consistency.md §7.4, §7.5).
+
+Expiry is wall-clock epoch seconds (not monotonic as upstream) because it is
+stored and must mean the same after a restart.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fustor.errors import PathError
+from fustor.fusion.view_state import ViewState
+from fustor.store import TreeWriter, keys
+
+EPS = 1e-6
+
+
+def sweep_suspects(w: TreeWriter, st: ViewState) -> int:
+    """Settle every suspect whose expiry has passed: a file whose mtime did not move
+    since it was listed is cleared; one still changing is renewed for a full
+    threshold with its new mtime. Logical age is not looked at, so a file with a
+    future mtime clears after one stable period. Returns the number cleared."""
+    wall = st.now()
+    renew_until = wall + st.hot_file_threshold
+    cleared = 0
+    while True:
+        due = w.due_suspects(wall)
+        if not due:
+            return cleared
+        for path in due:
+            entry = w.suspect(path)
+            if entry is None:
+                continue
+            node = w.get(path)
+            if node is None:  # cannot happen through the store's deletes; be safe
+                w.delete_suspect(path)
+                cleared += 1
+            elif abs(node.modified_time - entry[1]) > EPS:
+                w.put_suspect(path, renew_until, node.modified_time)
+            else:
+                w.delete_suspect(path)
+                node.integrity_suspect = False
+                w.put_flags(node)
+                cleared += 1
+        if st.hot_file_threshold <= 0:  # renewed entries would be due again at once
+            return cleared
+
+
+def _valid_size(size) -> bool:
+    return (
+        isinstance(size, int) and not isinstance(size, bool) and 0 <= size < 2**63
+    ) or (isinstance(size, float) and size.is_integer() and 0 <= size < 2**63)
+
+
+def update_suspect(
+    w: TreeWriter,
+    st: ViewState,
+    path: str | bytes,
+    mtime: float,
+    size: int | None = None,
+    status: str | None = None,
+) -> bool:
+    """Apply one sentinel re-stat of ``path`` (E9 feedback or ``PUT /suspect-list``).
+
+    Only listed suspects change. Stable and cold: cleared at once. Stable but hot:
+    left to the expiry sweep. Changed: the node adopts the reported mtime (and
+    size) and the entry is renewed for a full threshold. ``status == "missing"``
+    (the agent could not stat the file) keeps the node as it is and renews its
+    entry, so it stays flagged until realtime or the audit settles it.
+    Returns True when the suspect entry or the node changed.
+    """
+    try:
+        p = keys.normalise(path)
+    except PathError:
+        return False
+    if not isinstance(mtime, (int, float)) or isinstance(mtime, bool) or not math.isfinite(mtime):
+        return False
+    if size is not None and not _valid_size(size):
+        size = None  # an unusable size says nothing about stability
+    st.clock.update(mtime, can_sample=False)
+    node = w.get(p)
+    if node is None:
+        return False
+    entry = w.suspect(p)
+    if entry is None:  # non-suspects are never modified by the sentinel
+        return False
+    wall = st.now()
+    T = st.hot_file_threshold
+    if status == "missing":
+        # Upstream stores mtime 0.0 here; one failed stat (NFS hiccup, permission,
+        # a rename in flight) is not proof of deletion, and deleting is the job of
+        # realtime deletes and audit missing-detection, which carry protections.
+        # Keep the node and keep it flagged until one of them settles it.
+        w.put_suspect(p, wall + T, entry[1])
+        if not node.integrity_suspect:
+            node.integrity_suspect = True
+            w.put_flags(node)
+        return True
+    skew = st.clock.get_skew()
+    raw_stable = abs(node.modified_time - mtime) < EPS
+    skew_stable = abs(node.modified_time - (mtime + skew)) < EPS
+    if skew_stable and not raw_stable:
+        mtime = node.modified_time
+        mtime_stable = True
+    else:
+        mtime_stable = raw_stable
+    size_stable = size is None or node.size == size
+    if mtime_stable and size_stable:
+        if st.clock.watermark() - mtime >= T:  # cold: fast clear
+            w.delete_suspect(p)
+            node.integrity_suspect = False
+            w.put_flags(node)
+            return True
+        return False  # stable but hot: the expiry sweep decides
+    new_size = node.size if size is None else int(size)
+    w.upsert(p, node.is_dir, new_size, float(mtime), node.created_time, integrity_suspect=True)
+    w.put_suspect(p, wall + T, float(mtime))
+    return True

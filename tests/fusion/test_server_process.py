@@ -1,0 +1,147 @@
+"""A real `fustor fusion serve` on 127.0.0.1, driven over HTTP through whole sessions."""
+
+import time
+
+import httpx
+import pytest
+
+from tests.procs import Proc, free_port, wait_http, wait_until
+
+KEY = "proc-ingest"
+QKEY = "proc-query"
+
+
+def config(port, rport, timeout=30, cleanup=5.0):
+    return f"""
+host: 127.0.0.1
+port: {port}
+session_cleanup_interval: {cleanup}
+receivers:
+  r: {{driver: http, bind_host: 127.0.0.1, port: {rport}, api_keys: [{{key: {KEY}, pipe_id: v}}]}}
+views:
+  v: {{driver: fs, api_keys: [{QKEY}], driver_params: {{consistency: {{tombstone_ttl_seconds: 0.5}}}}}}
+pipes:
+  v: {{receiver: r, views: [v], session_timeout_seconds: {timeout}}}
+"""
+
+
+@pytest.fixture
+def server(tmp_path):
+    procs = []
+
+    def start(**kw):
+        port, rport = kw.pop("port", None) or free_port(), kw.pop("rport", None) or free_port()
+        cfg = tmp_path / "fusion.yaml"
+        cfg.write_text(config(port, rport, **kw))
+        p = Proc(["fusion", "serve", "--data", str(tmp_path / "data"), "--config", str(cfg)],
+                 tmp_path / "home", tmp_path / f"fusion{len(procs)}.log")
+        procs.append(p)
+        wait_http(f"http://127.0.0.1:{port}/", p)
+        wait_http(f"http://127.0.0.1:{rport}/", p)
+        return p, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rport}"
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+def rows_event(rows, source, etype="update"):
+    return {"event_type": etype, "event_schema": "fs", "table": "files", "fields": ["path"],
+            "rows": rows, "index": 1, "message_source": source}
+
+
+def f(path, mtime, size=1, is_dir=False, **kw):
+    return {"path": path, "size": size, "modified_time": mtime, "created_time": mtime,
+            "is_directory": is_dir, **kw}
+
+
+def test_full_session_snapshot_realtime_audit_sentinel_and_restart(server):
+    proc, url, rurl = server()
+    with httpx.Client(base_url=rurl, headers={"X-API-Key": KEY}, timeout=10) as a, \
+            httpx.Client(base_url=url, headers={"X-API-Key": QKEY}, timeout=10) as q:
+        _full_session(server, proc, url, rurl, a, q)
+
+
+def _full_session(server, proc, url, rurl, a, q):
+    s = a.post("/api/v1/pipe/session/", json={"task_id": "h1:v"}).json()
+    assert s["role"] == "leader"
+    sid = s["session_id"]
+    push = lambda body: a.post(f"/api/v1/pipe/ingest/{sid}/events", json=body)  # noqa: E731
+    old = time.time() - 3600
+    snap = [f("/d", old, 4096, True), f("/d/keep.txt", old), f("/d/gone.txt", old), f("/d/sub", old, 0, True)]
+    assert push({"events": [rows_event(snap, "snapshot")], "source_type": "snapshot"}).status_code == 200
+    assert q.get("/api/v1/views/v/stats").status_code == 503
+    push({"events": [], "source_type": "snapshot", "is_end": True})
+    assert q.get("/api/v1/views/v/stats").json()["file_count"] == 2
+    now = time.time()
+    push({"events": [rows_event([f("/d/rt.txt", now, 5)], "realtime")], "source_type": "message"})
+    assert q.get("/api/v1/views/v/stats", params={"path": "/d"}).json()["total_size"] == 7
+    # audit: /d re-listed with a newer mtime, gone.txt missing -> deleted, a blind deletion
+    audit = [f("/d", now, 4096, True), f("/d/keep.txt", old, parent_path="/d", parent_mtime=now),
+             f("/d/rt.txt", now, 5, parent_path="/d", parent_mtime=now),
+             f("/d/sub", old, 0, True, audit_skipped=True)]
+    push({"events": [rows_event(audit, "audit")], "source_type": "audit"})
+    push({"events": [], "source_type": "audit", "is_end": True})
+    tree = q.get("/api/v1/views/v/tree", params={"path": "/d", "max_depth": 1}).json()
+    assert [c["name"] for c in tree["children"]] == ["keep.txt", "rt.txt", "sub"]
+    spots = q.get("/api/v1/views/v/blind-spots").json()
+    assert spots["deletions"] == ["/d/gone.txt"]
+    # /d was re-listed by the audit with a fresh mtime: hot, so the sentinel must re-check it
+    assert a.get("/api/v1/pipe/consistency/sentinel/tasks").json()["paths"] == ["/d"]
+    hb = a.post(f"/api/v1/pipe/session/{sid}/heartbeat", json={"can_realtime": True}).json()
+    assert hb["status"] == "ok" and hb["role"] == "leader"
+    # restart: the view answers at once from its store, sessions are gone (419 -> agents reconnect)
+    assert proc.stop() == 0
+    port, rport = url.rsplit(":", 1)[1], rurl.rsplit(":", 1)[1]
+    _p2, url2, rurl2 = server(port=int(port), rport=int(rport))
+    st = q.get("/api/v1/views/v/stats")
+    assert st.status_code == 200 and st.json()["file_count"] == 2
+    assert st.json()["leader_connected"] is False
+    assert a.post(f"/api/v1/pipe/session/{sid}/heartbeat", json={}).status_code == 419
+
+
+def test_leadership_fails_over_after_the_leader_times_out(server):
+    _proc, _url, rurl = server(timeout=1, cleanup=0.2)
+    with httpx.Client(base_url=rurl, headers={"X-API-Key": KEY}, timeout=10) as a:
+        _failover(a)
+
+
+def _failover(a):
+    one = a.post("/api/v1/pipe/session/", json={"task_id": "h1:v"}).json()
+    two = a.post("/api/v1/pipe/session/", json={"task_id": "h2:v"}).json()
+    assert (one["role"], two["role"]) == ("leader", "follower")
+
+    def promoted():
+        return a.post(f"/api/v1/pipe/session/{two['session_id']}/heartbeat", json={}).json()["role"] == "leader"
+
+    wait_until(promoted, timeout=10, interval=0.2, what="the follower to be promoted")
+    assert a.post(f"/api/v1/pipe/session/{one['session_id']}/heartbeat", json={}).status_code == 419
+
+
+def test_zero_config_serve_prints_keys_once_and_keeps_them(tmp_path):
+    port = free_port()
+    outputs = []
+    for i in range(2):
+        p = Proc(["fusion", "serve", "--data", str(tmp_path / "data"), "--host", "127.0.0.1",
+                  "--port", str(port)], tmp_path / "home", tmp_path / f"z{i}.log")
+        try:
+            wait_http(f"http://127.0.0.1:{port}/", p)
+            wait_until(lambda: "query key" in p.output(), what="the printed keys")
+            outputs.append(p.output())
+        finally:
+            assert p.stop() == 0
+    keys = [[ln.split(":", 1)[1].strip() for ln in o.splitlines() if "key:" in ln] for o in outputs]
+    assert keys[0] == keys[1] and len(keys[0]) == 2
+    assert "fustor agent start --watch" in outputs[0]
+
+
+def test_config_error_names_file_and_key_and_the_server_does_not_start(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("receivers: {r: {port: 8102}}\nviews: {v: {driver: fs}}\npipes: {v: {receiver: nope, views: [v]}}\n")
+    p = Proc(["fusion", "serve", "--data", str(tmp_path / "d"), "--config", str(cfg)], tmp_path / "h",
+             tmp_path / "bad.log")
+    code = p.p.wait(timeout=30)
+    out = p.output()
+    p.stop()
+    assert code != 0
+    assert "bad.yaml" in out and "pipes.v.receiver" in out and "Traceback" not in out

@@ -1,0 +1,71 @@
+"""Real processes for end-to-end tests: start, wait until they answer, always stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = cond()
+            if last:
+                return last
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    """A child process whose output goes to a file; stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, args: list[str], home: Path, log: Path, env: dict | None = None) -> None:
+        self.log_path = log
+        self._log = open(log, "ab")
+        full_env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
+        self.p = subprocess.Popen([sys.executable, "-m", "fustor.cli", *args], env=full_env,
+                                  stdout=self._log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._log.close()
+        return self.p.returncode
+
+
+def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
+    def up():
+        if not proc.alive():
+            raise AssertionError(f"process exited:\n{proc.output()[-3000:]}")
+        return httpx.get(url, timeout=1.0).status_code < 500
+
+    wait_until(up, timeout, what=url)

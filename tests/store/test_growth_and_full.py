@@ -1,0 +1,143 @@
+"""The map grows on demand; a full disk (file-size limit) fails a batch cleanly."""
+
+import json
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from fustor.store import Store
+from fustor.store.inspect import verify
+
+PER_BATCH = 2_000
+NAME_PAD = b"n" * 150  # ~200-byte records, so ~20 MB is ~100,000 nodes
+
+
+def batch_job(n, per=PER_BATCH):
+    def job(w):
+        for i in range(per):
+            w.upsert(b"/g%04d/%s%05d" % (n, NAME_PAD, i), False, i, float(n), 0.0)
+        w.put_meta("last_batch", n)
+    return job
+
+
+def test_map_grows_from_one_mib_to_twenty_mb_of_nodes(tmp_path):
+    path = tmp_path / "grow.lmdb"
+    seen = []  # root file counts observed by a concurrent reader
+    stop = threading.Event()
+
+    with Store(path, map_size=1 << 20) as store, ThreadPoolExecutor(1) as pool:
+        def reader():
+            while not stop.is_set():
+                with store.read() as r:
+                    seen.append(r.stats(b"/").file_count)
+
+        fut = pool.submit(reader)
+        try:
+            n = 0
+            while path.stat().st_size < 20 << 20:
+                assert n < 500, "20 MB never reached"
+                store.write(batch_job(n))
+                n += 1
+        finally:
+            stop.set()
+        fut.result(timeout=30)  # the reader never failed
+        assert len(seen) > 1
+        assert all(c % PER_BATCH == 0 for c in seen)  # readers only see whole batches
+        assert verify(store) == []
+        with store.read() as r:
+            assert r.stats(b"/").file_count == n * PER_BATCH
+    with Store(path) as store:  # no map_size: the file's size decides
+        with store.read() as r:
+            assert r.meta("last_batch") == n - 1
+            assert r.stats(b"/").file_count == n * PER_BATCH
+            assert len(r.children(b"/g%04d" % (n - 1))[0]) == PER_BATCH
+        store.write(batch_job(n))
+        assert verify(store) == []
+
+
+def test_map_grows_for_one_batch_bigger_than_many_doublings(tmp_path):
+    path = tmp_path / "one-big.lmdb"
+    with Store(path, map_size=1 << 20) as store:
+        store.write(batch_job(0, per=60_000))  # ~15 MB in one transaction
+        with store.read() as r:
+            assert r.stats(b"/").file_count == 60_000
+        assert verify(store) == []
+
+
+FULL_CHILD = """
+import json, resource, signal, sys
+from fustor.store import Store
+
+limit, lift = int(sys.argv[2]), sys.argv[3] == "lift"
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit if not lift else resource.RLIM_INFINITY))
+
+def job(n):
+    def fn(w):
+        for i in range(300):
+            w.upsert(b"/b%05d/f%03d" % (n, i), False, i, float(n), 0.0)
+        w.put_meta("last_batch", n)
+    return fn
+
+out = {"last": -1}
+store = Store(sys.argv[1])
+for n in range(100_000):
+    try:
+        store.write(job(n))
+    except Exception as exc:
+        out["error"], out["message"] = type(exc).__name__, str(exc)
+        out["code"] = getattr(exc, "code", None)
+        break
+    out["last"] = n
+if lift:  # the user freed space: the same open store takes the batch again
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+    store.write(job(out["last"] + 1))
+    out["retried"] = out["last"] + 1
+store.close()
+print(json.dumps(out), flush=True)
+"""
+
+
+def run_full_child(path, limit, lift=False):
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_CHILD, str(path), str(limit), "lift" if lift else "keep"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def check_batches(path, last):
+    with Store(path) as store:
+        with store.read() as r:
+            assert r.meta("last_batch") == last
+            for n in range(last + 1):
+                assert len(r.children(b"/b%05d" % n)[0]) == 300
+            assert r.get(b"/b%05d" % (last + 1)) is None  # the failed batch left nothing
+            assert r.stats(b"/").file_count == 300 * (last + 1)
+        assert verify(store) == []
+        store.write(lambda w: w.upsert(b"/after", False, 1, 1.0, 0.0))
+
+
+# A limit that is not a multiple of the page size makes the failing write a short one,
+# as a disk with a few bytes left does.
+@pytest.mark.parametrize("limit", [2 << 20, (2 << 20) + 1000, (3 << 20) + 123])
+def test_file_size_limit_fails_with_store_full_and_keeps_committed_batches(tmp_path, limit):
+    path = tmp_path / "full.lmdb"
+    out = run_full_child(path, limit)
+    assert out["last"] >= 5, out  # the limit is hit after real progress, not at open
+    assert out.get("error") == "StoreFullError", out
+    assert out["code"] == "store_full"
+    assert "retry" in out["message"] and "space" in out["message"]
+    check_batches(path, out["last"])
+
+
+def test_same_store_takes_the_failed_batch_once_space_is_freed(tmp_path):
+    path = tmp_path / "full-retry.lmdb"
+    out = run_full_child(path, (2 << 20) + 1000, lift=True)
+    assert out["last"] >= 5 and "error" in out, out
+    assert out["retried"] == out["last"] + 1
+    check_batches(path, out["last"] + 1)
