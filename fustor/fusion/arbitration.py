@@ -29,9 +29,9 @@ Upstream quirks (spec §15) and what we do:
    ever protects children from deletion).
 5. Snapshot rows do not clear blind deletions; every session start clears both
    blind sets: kept.
-6. Sentinel ``status: "missing"`` stores mtime 0.0 upstream: changed, see
-   ``suspects.update_suspect`` (node kept unchanged and flagged until realtime or
-   the audit settles it).
+6. Sentinel ``status: "missing"`` stores mtime 0.0 upstream: changed. The first
+   report keeps the node unchanged and flagged; a second consecutive one deletes
+   it as a blind deletion (``suspects.update_suspect``).
 7. Tombstones are purged only at audit end: kept.
 9. Rule 3 looks ``parent_path`` up exactly as sent (no normalisation), so it is
    inert for 0.8.17 agents that send agent-side absolute paths: kept.
@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from fustor.clock import LogicalClock
 from fustor.errors import PathError
 from fustor.fusion.audit import audit_end, audit_start, begin_cycle, reset, session_start
-from fustor.fusion.suspects import sweep_suspects, update_suspect
+from fustor.fusion.suspects import MISSING, sweep_suspects, update_suspect
 from fustor.fusion.view_state import ViewState
 from fustor.store import TreeWriter, keys
 
@@ -217,7 +217,7 @@ class _Capacity:
     """Counts nodes while an event runs, so ``max_nodes`` holds without reading
     aggregates per row (they are only exact after ``w.flush()``)."""
 
-    __slots__ = ("w", "limit", "count")
+    __slots__ = ("count", "limit", "w")
 
     def __init__(self, w: TreeWriter, limit: int) -> None:
         self.w = w
@@ -380,9 +380,12 @@ def _upsert(w, st, row, path, is_dir, size, mtime, ctime, src, wall, wm, cap) ->
         w.discard_blind("additions", path)
     if suspect:
         # Existing entries are not renewed: repeating a hot row does not extend it.
-        if w.suspect(path) is None:
+        entry = w.suspect(path)
+        if entry is None:
             life = T - age
             w.put_suspect(path, wall + (T if life > T else (life if life > 0 else 0.0)), mtime)
+        elif entry[1] == MISSING:  # the scan saw the file: drop the sentinel's report
+            w.put_suspect(path, entry[0], mtime)
     elif suspect is False and old is not None and old.integrity_suspect and not switch:
         w.delete_suspect(path)
     return True

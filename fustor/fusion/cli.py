@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from fustor.cli_util import friendly
+from fustor.errors import FustorError
 
 
 def default_data_dir() -> Path:
@@ -23,19 +24,102 @@ def fusion() -> None:
     """The fusion server: ingest from agents, arbitration, the query API."""
 
 
+def serve_options(fn):
+    """The options shared by `serve` and `start`."""
+    for opt in reversed([
+        click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=None, help="Where the view stores live [default: $FUSTOR_HOME/data, "
+                     "i.e. ~/.fustor/data]."),
+        click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path),
+                     default=None, help="A YAML file or a directory of them [default: "
+                     "$FUSTOR_HOME/fusion-config/ if it holds any; else one default receiver, view "
+                     "and pipe]."),
+        click.option("-h", "--host", default=None,
+                     help="Listen address of the main port [default: from config, 0.0.0.0]."),
+        click.option("-p", "--port", type=int, default=None,
+                     help="Main port (query API) [default: from config, 8101]."),
+        click.option("-V", "--verbose", is_flag=True, help="Debug logging."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 @fusion.command()
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the view stores live [default: $FUSTOR_HOME/data, i.e. ~/.fustor/data].")
-@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), default=None,
-              help="A YAML file or a directory of them [default: $FUSTOR_HOME/fusion-config/ if it "
-                   "holds any; else one default receiver, view and pipe].")
-@click.option("-h", "--host", default=None, help="Listen address of the main port [default: from config, 0.0.0.0].")
-@click.option("-p", "--port", type=int, default=None, help="Main port (query API) [default: from config, 8101].")
-@click.option("-V", "--verbose", is_flag=True, help="Debug logging.")
+@serve_options
 @friendly
-def serve(data_dir: Path | None, config_path: Path | None, host: str | None, port: int | None,
-          verbose: bool) -> None:
-    """Run fusion in the foreground until Ctrl-C or SIGTERM."""
+def serve(data_dir, config_path, host, port, verbose) -> None:
+    """Run fusion in the foreground until Ctrl-C or SIGTERM (SIGHUP reloads the config)."""
+    _serve(data_dir, config_path, host, port, verbose)
+
+
+@fusion.command()
+@serve_options
+@click.option("-D", "--daemon", is_flag=True,
+              help="Run in the background; output goes to $FUSTOR_HOME/logs/fusion.log.")
+@friendly
+def start(data_dir, config_path, host, port, verbose, daemon) -> None:
+    """Start fusion (in the foreground unless -D); same options as `serve`."""
+    from fustor.config import fustor_home
+    from fustor.pidfile import running_pid, spawn_detached, wait_for_pid_file
+
+    if not daemon:
+        return _serve(data_dir, config_path, host, port, verbose)
+    home = fustor_home()
+    pid = running_pid(home / "fusion.pid")
+    if pid is not None:
+        click.echo(f"Fusion already running with PID: {pid}")
+        return
+    args = ["fusion", "serve"]
+    for flag, value in (("--data", data_dir), ("--config", config_path), ("--host", host),
+                        ("--port", port)):
+        if value is not None:
+            args += [flag, str(value)]
+    if verbose:
+        args.append("--verbose")
+    log = home / "logs" / "fusion.log"
+    pid = spawn_detached(args, log)
+    if not wait_for_pid_file(home / "fusion.pid", pid):
+        raise FustorError(f"fusion did not start; see {log}")
+    click.echo(f"Fusion started in the background with PID: {pid} (log: {log})")
+
+
+@fusion.command()
+@friendly
+def stop() -> None:
+    """Stop the running fusion (SIGTERM, then SIGKILL after 30 s)."""
+    from fustor.config import fustor_home
+    from fustor.pidfile import stop_pid
+
+    res = stop_pid(fustor_home() / "fusion.pid")
+    click.echo("Fusion is not running." if res == "not running" else f"Fusion {res}.")
+
+
+@fusion.command()
+@friendly
+def reload() -> None:
+    """Re-read the YAML config (SIGHUP): views, pipes and receivers change without a restart."""
+    import signal
+
+    from fustor.config import fustor_home
+    from fustor.pidfile import signal_pid
+
+    pid = signal_pid(fustor_home() / "fusion.pid", signal.SIGHUP)
+    click.echo("Fusion is not running." if pid is None else f"Reload signal sent to PID {pid}.")
+
+
+@fusion.command()
+@friendly
+def status() -> None:
+    """RUNNING (PID) or STOPPED."""
+    from fustor.config import fustor_home
+    from fustor.pidfile import running_pid
+
+    pid = running_pid(fustor_home() / "fusion.pid")
+    click.echo(f"RUNNING (PID: {pid})" if pid else "STOPPED")
+
+
+def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
+           port: int | None, verbose: bool) -> None:
     from fustor.config import default_config, fustor_home, load_fusion_config
     from fustor.fusion.core import Fusion
     from fustor.fusion.server import serve as run
@@ -67,7 +151,8 @@ def serve(data_dir: Path | None, config_path: Path | None, host: str | None, por
             click.echo(f"  query: curl -H 'X-API-Key: {keys['query']}' "
                        f"http://127.0.0.1:{port}/api/v1/views/default/stats")
 
-    asyncio.run(run(f, host, port, on_ready=ready,
+    loader = (lambda: load_fusion_config(config_path)) if config_path else None
+    asyncio.run(run(f, host, port, on_ready=ready, load_config=loader,
                     pid_file=fustor_home() / "fusion.pid" if os.environ.get("FUSTOR_PID_FILE", "1") == "1" else None))
 
 

@@ -47,14 +47,49 @@ class Fusion:
     # -- lifecycle ----------------------------------------------------------------
     def open(self) -> None:
         for vid, vc in self.cfg.views.items():
-            if vc.disabled:
-                continue
-            self.views[vid] = FsView(
-                vid, self.data_dir / "views" / f"{vid}.lmdb",
-                hot_file_threshold=vc.hot_file_threshold,
-                tombstone_ttl_seconds=vc.tombstone_ttl_seconds,
-                max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items,
-            )
+            if not vc.disabled:
+                self.views[vid] = self._open_view(vid, vc)
+
+    def _open_view(self, vid: str, vc) -> FsView:
+        return FsView(
+            vid, self.data_dir / "views" / f"{vid}.lmdb",
+            hot_file_threshold=vc.hot_file_threshold,
+            tombstone_ttl_seconds=vc.tombstone_ttl_seconds,
+            max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items,
+        )
+
+    def reload(self, cfg: FusionConfig) -> dict:
+        """Apply a new config: open added views, close removed ones, end the sessions of
+        removed pipes, adopt changed settings. Sessions of kept pipes and all view data stay."""
+        old_pipes = self.pipes
+        new_pipes = enabled_pipes(cfg)
+        wanted = {vid: vc for vid, vc in cfg.views.items() if not vc.disabled}
+        added_views = [v for v in wanted if v not in self.views]
+        removed_views = [v for v in self.views if v not in wanted]
+        for vid in added_views:
+            self.views[vid] = self._open_view(vid, wanted[vid])
+        for vid, view in self.views.items():
+            if vid in wanted:
+                vc = wanted[vid]
+                view.max_tree_items = vc.max_tree_items
+                view.state.hot_file_threshold = vc.hot_file_threshold
+                view.state.tombstone_ttl_seconds = vc.tombstone_ttl_seconds
+                view.state.max_nodes = vc.max_nodes
+        removed_pipes = [p for p in old_pipes if p not in new_pipes]
+        changed = [p for p in new_pipes if p in old_pipes and new_pipes[p] != old_pipes[p]]
+        for s in list(self.sessions.sessions.values()):
+            pc = new_pipes.get(s.pipe_id)
+            if pc is None or list(pc.views) != s.keys:
+                self.sessions.close(s.session_id)  # the agent gets 419 and reconnects
+        self.cfg = cfg
+        self.pipes = new_pipes
+        for vid in removed_views:
+            self.views.pop(vid).close()
+        diff = {"views_added": added_views, "views_removed": removed_views,
+                "pipes_added": [p for p in new_pipes if p not in old_pipes],
+                "pipes_removed": removed_pipes, "pipes_changed": changed}
+        log.info("config reloaded: %s", diff)
+        return diff
 
     async def start_loops(self) -> None:
         self._tasks = [

@@ -35,27 +35,56 @@ def receiver_ports(cfg: FusionConfig) -> list[tuple[str, int]]:
     return [(h, p) for p, h in out.items()]
 
 
+def _receiver_server(fusion: Fusion, host: str, port: int, log_level: str) -> _Server:
+    return _Server(uvicorn.Config(create_receiver_app(fusion), host=host, port=port,
+                                  log_level=log_level, lifespan="off", access_log=False))
+
+
 async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warning",
                 on_ready: Callable[[], None] | None = None,
-                pid_file: Path | None = None) -> None:
+                pid_file: Path | None = None,
+                load_config: Callable[[], FusionConfig] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP re-reads the config through ``load_config``."""
     main = _Server(uvicorn.Config(create_app(fusion), host=host, port=port, log_level=log_level,
                                   lifespan="on", access_log=False))
     servers = [main]
+    receivers: dict[int, _Server] = {}
     for rhost, rport in receiver_ports(fusion.cfg):
         if rport != port:
-            servers.append(_Server(uvicorn.Config(
-                create_receiver_app(fusion), host=rhost, port=rport, log_level=log_level,
-                lifespan="off", access_log=False)))
+            receivers[rport] = _receiver_server(fusion, rhost, rport, log_level)
+            servers.append(receivers[rport])
     loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task] = []
 
     def stop() -> None:
         for s in servers:
             s.should_exit = True
 
+    def reload() -> None:
+        if load_config is None:
+            log.warning("SIGHUP ignored: fusion runs on its built-in default config")
+            return
+        try:
+            cfg = load_config()
+        except Exception as exc:  # a bad edit must not take the server down
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        fusion.reload(cfg)
+        want = {p: h for h, p in receiver_ports(cfg) if p != port}
+        for rport in [p for p in receivers if p not in want]:
+            receivers.pop(rport).should_exit = True
+        for rport, rhost in want.items():
+            if rport not in receivers:
+                receivers[rport] = srv = _receiver_server(fusion, rhost, rport, log_level)
+                servers.append(srv)
+                tasks.append(asyncio.create_task(srv.serve()))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop)
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    tasks.extend(asyncio.create_task(s.serve()) for s in servers)
     while not all(s.started for s in servers):
         if any(t.done() for t in tasks):  # e.g. a port in use
             stop()
@@ -68,7 +97,8 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
         if on_ready:
             on_ready()
     try:
-        await asyncio.gather(*tasks)
+        while not all(t.done() for t in tasks):  # reload may add receiver tasks
+            await asyncio.wait(tasks, return_when=asyncio.ALL_COMPLETED)
     finally:
         if pid_file is not None and pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink()

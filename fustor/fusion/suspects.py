@@ -1,6 +1,14 @@
 """The suspect list outside event processing: expiry sweep and sentinel feedback
 (spec/consistency.md §7.4, §7.5).
 
+    listed ──expiry, mtime moved──► renewed (full threshold, new mtime)
+       │    ──expiry, mtime stable──► cleared
+       │    ──sentinel: stable & cold──► cleared;  stable & hot ──► unchanged
+       │    ──sentinel: changed──► node adopts mtime/size, renewed
+       └────sentinel: missing──► pending (kept, renewed by the sweep)
+                                   ──missing again──► node deleted, blind deletion
+                                   ──seen (sentinel/realtime)──► back to the rules above
+
 Expiry is wall-clock epoch seconds (not monotonic as upstream) because it is
 stored and must mean the same after a restart.
 """
@@ -14,6 +22,9 @@ from fustor.fusion.view_state import ViewState
 from fustor.store import TreeWriter, keys
 
 EPS = 1e-6
+# recorded_mtime of an entry whose last sentinel report said "missing"; no real
+# mtime can be -inf (rows with non-finite mtimes are rejected)
+MISSING = float("-inf")
 
 
 def sweep_suspects(w: TreeWriter, st: ViewState) -> int:
@@ -36,6 +47,8 @@ def sweep_suspects(w: TreeWriter, st: ViewState) -> int:
             if node is None:  # cannot happen through the store's deletes; be safe
                 w.delete_suspect(path)
                 cleared += 1
+            elif entry[1] == MISSING:  # awaiting the sentinel's next report
+                w.put_suspect(path, renew_until, MISSING)
             elif abs(node.modified_time - entry[1]) > EPS:
                 w.put_suspect(path, renew_until, node.modified_time)
             else:
@@ -65,9 +78,14 @@ def update_suspect(
 
     Only listed suspects change. Stable and cold: cleared at once. Stable but hot:
     left to the expiry sweep. Changed: the node adopts the reported mtime (and
-    size) and the entry is renewed for a full threshold. ``status == "missing"``
-    (the agent could not stat the file) keeps the node as it is and renews its
-    entry, so it stays flagged until realtime or the audit settles it.
+    size) and the entry is renewed for a full threshold.
+
+    ``status == "missing"`` (the agent's stat found nothing; upstream stores mtime
+    0.0 instead): the first report keeps the node unchanged and flagged, and the
+    expiry sweep keeps it listed so the sentinel stats it again; a second
+    "missing" in a row deletes it (a blind deletion). A report, a realtime event
+    or an accepted compensation row in between that sees the file clears the
+    pending report.
     Returns True when the suspect entry or the node changed.
     """
     try:
@@ -88,11 +106,17 @@ def update_suspect(
     wall = st.now()
     T = st.hot_file_threshold
     if status == "missing":
-        # Upstream stores mtime 0.0 here; one failed stat (NFS hiccup, permission,
-        # a rename in flight) is not proof of deletion, and deleting is the job of
-        # realtime deletes and audit missing-detection, which carry protections.
-        # Keep the node and keep it flagged until one of them settles it.
-        w.put_suspect(p, wall + T, entry[1])
+        if p == keys.ROOT:  # the root is never deleted; nothing to record
+            return False
+        if entry[1] == MISSING:
+            # Second report in a row with nothing in between that saw the file:
+            # confirmed gone. Learned from a stat walk, so it is a blind deletion.
+            w.delete(p)
+            w.add_blind("deletions", p)
+            return True
+        # First report: one failed stat is not proof (NFS hiccup, delete-and-recreate
+        # in flight). Keep the node as it is, flagged, and remember the report.
+        w.put_suspect(p, wall + T, MISSING)
         if not node.integrity_suspect:
             node.integrity_suspect = True
             w.put_flags(node)
@@ -111,6 +135,9 @@ def update_suspect(
             w.delete_suspect(p)
             node.integrity_suspect = False
             w.put_flags(node)
+            return True
+        if entry[1] == MISSING:  # the file is back: drop the pending "missing" report
+            w.put_suspect(p, entry[0], node.modified_time)
             return True
         return False  # stable but hot: the expiry sweep decides
     new_size = node.size if size is None else int(size)

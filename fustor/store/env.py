@@ -18,7 +18,7 @@ from pathlib import Path
 import lmdb
 import orjson
 
-from fustor.errors import NotFoundError, StoreError, StoreFormatError
+from fustor.errors import NotFoundError, StoreClosedError, StoreError, StoreFormatError
 from fustor.store import keys
 from fustor.store.records import Node
 from fustor.store.tree import Dbs, TreeReader, TreeWriter
@@ -80,6 +80,9 @@ class _Gate:
                 self._cond.notify_all()
 
 
+_OPEN: dict[str, Store] = {}
+
+
 class Store:
     """One tree on disk. ``read()`` for queries, ``submit()``/``write()`` for changes."""
 
@@ -101,7 +104,24 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         size = self.path.stat().st_size if self.path.exists() else 0
         self._map_size = max(map_size or DEFAULT_MAP_SIZE, MIN_MAP_SIZE, 2 * size)
-        self.env = open_env(self.path, readonly=readonly, map_size=self._map_size)
+        self._closed = False
+        self._writer: Writer | None = None
+        self._owner: Store | None = None
+        key = os.path.realpath(self.path)
+        shared = _OPEN.get(key)
+        if shared is not None:
+            # LMDB allows one environment per file per process: a second Store on the same
+            # file (e.g. `inspect` run in-process) reads through the first one's environment.
+            if not readonly:
+                raise StoreError(f"{self.path} is already open for writing in this process")
+            self._owner = shared
+            self.env, self._gate, self.dbs = shared.env, shared._gate, shared.dbs
+            self.format_version = shared.format_version
+            return
+        try:
+            self.env = open_env(self.path, readonly=readonly, map_size=self._map_size)
+        except lmdb.Error as exc:
+            raise StoreFormatError(f"{self.path} cannot be opened as a fustor store: {exc}") from None
         self._gate = _Gate()
         try:
             self.format_version = self._check_format(tree_id)
@@ -109,7 +129,7 @@ class Store:
         except BaseException:
             self.env.close()
             raise
-        self._writer: Writer | None = None
+        _OPEN[key] = self
         if not readonly:
             self._writer = Writer(self._run_group, self._grow, self.path.name, max_queue, max_group)
 
@@ -163,6 +183,8 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[TreeReader]:
         """A consistent snapshot for queries; it never waits for the writer."""
+        if self._closed or (self._owner is not None and self._owner._closed):
+            raise StoreClosedError(f"{self.path} is closed")
         self._gate.enter()
         try:
             for attempt in (0, 1):
@@ -189,6 +211,8 @@ class Store:
     def submit(self, fn: Callable[[TreeWriter], object], *, block: bool = True,
                timeout: float | None = None) -> Future:
         """Run ``fn(writer)`` in the next write transaction; the future resolves after commit."""
+        if self._closed:
+            raise StoreClosedError(f"{self.path} is closed")
         if self._writer is None:
             raise StoreError(f"{self.path} is open read-only")
         return self._writer.submit(fn, block=block, timeout=timeout)
@@ -239,9 +263,15 @@ class Store:
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owner is not None:
+            return
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        _OPEN.pop(os.path.realpath(self.path), None)
         with self._gate.exclusive():
             self.env.close()
 

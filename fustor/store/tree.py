@@ -79,6 +79,8 @@ class TreeReader(StateReads):
         prefix = keys.dir_prefix(path)
         start = prefix + after if after else prefix
         out: list[Node] = []
+        if limit is not None and limit <= 0:
+            return out, after
         cur = self.txn.cursor(db=self.dbs.nodes)
         if not cur.set_range(start):
             return out, None
@@ -183,6 +185,8 @@ class TreeReader(StateReads):
         name_glob = re.compile(fnmatch.translate(pattern), re.S).match
         needle = pattern.lower()
         out: list[Node] = []
+        if limit is not None and limit <= 0:
+            return out
         for k, v in self.iter_subtree(path):
             if v[0] & IS_DIR:
                 continue

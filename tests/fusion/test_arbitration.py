@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from fustor.fusion import arbitration as rules
-from tests.fusion.harness import make_view, view, wall  # noqa: F401  (fixtures)
+
+pytest_plugins = ["tests.fusion.harness"]  # fixtures: wall, view, make_view
 
 T = 30.0
 COMPENSATION = ["snapshot", "audit", "on_demand_job"]
@@ -501,6 +502,6 @@ def test_resurrection_fuzz(make_view, wall, seed):
     alive = set(files) - dead
     assert {p for p in view.paths() if "/f" in p} == alive
     # a newer row does bring a path back
-    p = sorted(dead)[0]
+    p = min(dead)
     assert view.upsert("snapshot", p, stones[p][0] + 1).applied == 1
     view.check()

@@ -145,3 +145,49 @@ def test_config_error_names_file_and_key_and_the_server_does_not_start(tmp_path)
     p.stop()
     assert code != 0
     assert "bad.yaml" in out and "pipes.v.receiver" in out and "Traceback" not in out
+
+
+def run_cli(args, home):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FUSTOR_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "fustor.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_daemon_start_status_reload_with_a_new_pipe_and_stop(tmp_path):
+    home = tmp_path / "home"
+    port, rport, rport2 = free_port(), free_port(), free_port()
+    cfg = tmp_path / "fusion.yaml"
+    cfg.write_text(config(port, rport))
+    args = ["--data", str(tmp_path / "data"), "--config", str(cfg)]
+    out = run_cli(["fusion", "start", "-D", *args], home)
+    assert out.returncode == 0 and "PID" in out.stdout, out.stderr
+    try:
+        assert run_cli(["fusion", "status"], home).stdout.startswith("RUNNING")
+        assert "already running" in run_cli(["fusion", "start", "-D", *args], home).stdout
+        with httpx.Client(timeout=10) as c:
+            wait_until(lambda: c.get(f"http://127.0.0.1:{rport}/").status_code == 200, what="receiver")
+            s = c.post(f"http://127.0.0.1:{rport}/api/v1/pipe/session/", json={"task_id": "h:v"},
+                       headers={"X-API-Key": KEY}).json()
+            text = config(port, rport)
+            text = text.replace("views:\n", f"""  r2: {{driver: http, bind_host: 127.0.0.1, port: {rport2}, api_keys: [{{key: key-w, pipe_id: w}}]}}
+views:
+  w: {{driver: fs, api_keys: [w-query]}}
+""", 1).replace("pipes:\n", "pipes:\n  w: {receiver: r2, views: [w]}\n", 1)
+            cfg.write_text(text)
+            assert "Reload signal sent" in run_cli(["fusion", "reload"], home).stdout
+            wait_until(lambda: c.get(f"http://127.0.0.1:{rport2}/").status_code == 200, what="new receiver")
+            w = c.post(f"http://127.0.0.1:{rport2}/api/v1/pipe/session/", json={"task_id": "h:w"},
+                       headers={"X-API-Key": "key-w"})
+            assert w.status_code == 200 and w.json()["role"] == "leader"
+            hb = c.post(f"http://127.0.0.1:{rport}/api/v1/pipe/session/{s['session_id']}/heartbeat",
+                        json={}, headers={"X-API-Key": KEY})
+            assert hb.status_code == 200  # the old pipe's session survived the reload
+    finally:
+        stopped = run_cli(["fusion", "stop"], home)
+    assert "stopped" in stopped.stdout
+    assert run_cli(["fusion", "status"], home).stdout.strip() == "STOPPED"
+    assert "fusion listening" in (home / "logs" / "fusion.log").read_text()

@@ -5,9 +5,11 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 
 import pytest
 
+from fustor.errors import FustorError
 from fustor.store import Store
 from fustor.store.inspect import verify
 
@@ -65,6 +67,64 @@ def test_map_grows_for_one_batch_bigger_than_many_doublings(tmp_path):
         with store.read() as r:
             assert r.stats(b"/").file_count == 60_000
         assert verify(store) == []
+
+
+def test_write_awaited_inside_a_read_does_not_hang_when_the_map_must_grow(tmp_path):
+    with Store(tmp_path / "inside.lmdb", map_size=1 << 20) as store:
+        fut = None
+        with store.read() as r:
+            before = r.stats(b"/").file_count
+            try:
+                fut = store.submit(batch_job(0, per=20_000))  # ~5 MB: more than the 1 MiB map
+                fut.result(timeout=10)
+            except FustorError:
+                fut = None  # refusing the write with a clear error is fine; hanging is not
+            except FuturesTimeout:
+                pytest.fail("write waited for growth while this thread held a read: deadlock")
+            assert r.stats(b"/").file_count == before  # the snapshot did not move
+        if fut is not None:
+            with store.read() as r:
+                assert r.stats(b"/").file_count == 20_000
+
+
+READER_CHILD = """
+import sys
+from fustor.store import Store
+
+store = Store(sys.argv[1], readonly=True, map_size=1 << 20)
+for _line in sys.stdin:
+    with store.read() as r:
+        print(r.stats(b"/").file_count, flush=True)
+store.close()
+"""
+
+
+def test_reader_in_another_process_follows_the_map_growth(tmp_path):
+    path = tmp_path / "shared.lmdb"
+    with Store(path, map_size=1 << 20) as store:
+        store.write(batch_job(0, per=10))
+        proc = subprocess.Popen([sys.executable, "-c", READER_CHILD, str(path)], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            def ask():
+                proc.stdin.write("stats\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()
+                return int(line)
+
+            assert ask() == 10
+            for n in range(1, 11):  # ~4 MB: the writer's map doubles past the reader's 1 MiB
+                store.write(batch_job(n))
+            assert ask() == 10 + 10 * PER_BATCH
+            proc.stdin.close()
+            assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+            proc.stdout.close()
+            proc.stderr.close()
 
 
 FULL_CHILD = """

@@ -48,6 +48,11 @@ def test_nul_is_refused_with_a_clear_message(bad):
         normalise(bad)
 
 
+def test_str_that_cannot_be_encoded_is_refused():
+    with pytest.raises(PathError, match="cannot be stored"):
+        normalise("/a\ud800")  # a lone surrogate that no byte maps to
+
+
 def test_non_path_type_is_refused():
     with pytest.raises(PathError, match="must be a string"):
         normalise(42)

@@ -1,6 +1,7 @@
 """Format-0 stores, `fustor migrate` and `fustor inspect`."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from fustor import migrations
 from fustor.cli import main
 from fustor.errors import StoreFormatError
 from fustor.store import Store, keys
@@ -138,6 +140,35 @@ def test_migrate_in_a_real_process_upgrades_every_store_under_dir(tmp_path):
         assert p.with_name(p.name + ".format0.bak").is_file()
 
 
+def test_crash_between_the_two_renames_of_migrate_loses_no_store(tmp_path, monkeypatch):
+    """A kill at the worst moment of the swap cannot be caused for real; os.replace is
+    made to die on its second call, which is where the process would be killed."""
+    nodes = write_format0(tmp_path / "old.lmdb")
+    calls = []
+
+    class DyingOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src, dst):
+            calls.append((src, dst))
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed mid-swap")
+            os.replace(src, dst)
+
+    monkeypatch.setattr(migrations, "os", DyingOs())
+    with pytest.raises(KeyboardInterrupt):
+        migrations.migrate_store(tmp_path / "old.lmdb")
+    monkeypatch.undo()
+    # after the crash the store is still at its name (old or new format) ...
+    assert (tmp_path / "old.lmdb").is_file()
+    # ... and running `fustor migrate` again finishes the job
+    result = invoke("migrate", tmp_path)
+    assert result.exit_code == 0, result.output
+    check_migrated(tmp_path / "old.lmdb", nodes)
+
+
 def test_newer_format_is_refused(tmp_path):
     path = tmp_path / "future.lmdb"
     write_format0(path, version=99)
@@ -207,6 +238,18 @@ def test_inspect_path_shows_children(tmp_path):
     assert_one_error_line(invoke("inspect", path, "--path", "/nope"), "/nope")
 
 
+def test_inspect_json_with_a_non_utf8_name(tmp_path):
+    path = make_store(tmp_path / "s.lmdb")
+    with Store(path) as store:
+        store.write(lambda w: w.upsert(RAW_NAME, False, 4, 1.0, 0.0))
+    result = invoke("inspect", path, "--json", "--path", "/")
+    assert result.exit_code == 0, repr(result.exception)
+    names = [c["name"] for c in json.loads(result.stdout)["node"]["children"]]
+    assert len(names) == 2 and names[0] == "data" and names[1].startswith("raw")
+    text = invoke("inspect", path, "--path", os.fsdecode(b"/raw\xff"))
+    assert text.exit_code == 0 and "data" in text.stdout
+
+
 def corrupt_aggregate(path, directory):
     env = lmdb.open(str(path), subdir=False, max_dbs=16)
     try:
@@ -240,12 +283,14 @@ def test_inspect_of_a_missing_file(tmp_path):
     assert not (tmp_path / "nope.lmdb").exists()
 
 
+@pytest.mark.parametrize("command", ["inspect", "migrate"])
 @pytest.mark.parametrize("content", [b"this is a text file, not a store\n" * 300, b""],
                          ids=["text", "empty"])
-def test_inspect_of_a_file_that_is_not_a_store(tmp_path, content):
+def test_cli_on_a_file_that_is_not_a_store(tmp_path, content, command):
     path = tmp_path / "notes.lmdb"
     path.write_bytes(content)
-    assert_one_error_line(invoke("inspect", path), "notes.lmdb")
+    assert_one_error_line(invoke(command, path), "notes.lmdb")
+    assert path.read_bytes() == content
 
 
 def test_inspect_of_a_plain_copy_without_lock_file(tmp_path):

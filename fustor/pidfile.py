@@ -1,0 +1,74 @@
+"""PID files and detached processes for `start -D`, `stop`, `reload`, `status` (fusion and agent)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def running_pid(pid_file: Path) -> int | None:
+    """The PID in ``pid_file`` if that process is alive; a stale file is removed."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def spawn_detached(args: list[str], log_file: Path) -> int:
+    """Start ``python -m fustor.cli ARGS`` in a new session, output appended to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log, open(os.devnull, "rb") as null:
+        p = subprocess.Popen([sys.executable, "-m", "fustor.cli", *args], stdin=null, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    return p.pid
+
+
+def wait_for_pid_file(pid_file: Path, pid: int, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if running_pid(pid_file) == pid:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def stop_pid(pid_file: Path, timeout: float = 30.0) -> str:
+    """SIGTERM, wait up to ``timeout`` s, then SIGKILL. Returns what happened, in words."""
+    pid = running_pid(pid_file)
+    if pid is None:
+        return "not running"
+    os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pid_file.unlink(missing_ok=True)
+            return f"stopped (PID {pid})"
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return f"killed after {timeout:.0f} s (PID {pid})"
+
+
+def signal_pid(pid_file: Path, sig: int) -> int | None:
+    pid = running_pid(pid_file)
+    if pid is not None:
+        os.kill(pid, sig)
+    return pid
