@@ -6,15 +6,16 @@ import sys
 from pathlib import Path
 
 import click
-import orjson
 
+from fustor.agent.cli import agent
 from fustor.cli_util import friendly
-from fustor.fusion.cli import fusion
 from fustor.errors import FustorError
+from fustor.fusion.cli import fusion
+from fustor.protocol import dumps
 
 
 def _echo_json(obj) -> None:
-    click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+    click.echo(dumps(obj, indent=True).decode())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,6 +69,11 @@ def inspect(store: Path, node_path: str | None, limit: int, verify: bool, as_jso
         sys.exit(1)
 
 
+def _show(text: str) -> str:
+    """A path for the terminal: bytes that are not UTF-8 shown as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _print_summary(out: dict) -> None:
     s = out["stats"]
     click.echo(f"store          {out['path']}")
@@ -82,9 +88,9 @@ def _print_summary(out: dict) -> None:
     if "node" in out:
         n = out["node"]["node"]
         kind = "dir " if n["is_dir"] else "file"
-        click.echo(f"\n{kind} {n['path']}  size {n['size']}  mtime {n['modified_time']}")
+        click.echo(f"\n{kind} {_show(n['path'])}  size {n['size']}  mtime {n['modified_time']}")
         for c in out["node"].get("children", []):
-            click.echo(f"  {'d' if c['is_dir'] else '-'} {c['size']:>14,}  {c['modified_time']:<18} {c['name']}")
+            click.echo(f"  {'d' if c['is_dir'] else '-'} {c['size']:>14,}  {c['modified_time']:<18} {_show(c['name'])}")
         if out["node"].get("more_children"):
             click.echo("  ... (more; raise --limit)")
     if "verify" in out:
@@ -94,7 +100,7 @@ def _print_summary(out: dict) -> None:
         else:
             click.echo(f"verify         {v['problem_count']} problem(s):")
             for p in v["problems"][:20]:
-                click.echo(f"  {p['path']}: {p['problem']}")
+                click.echo(f"  {_show(p['path'])}: {p['problem']}")
 
 
 @main.command()
@@ -113,21 +119,25 @@ def migrate(directory: Path) -> None:
     if not stores:
         click.echo(f"no *.lmdb stores under {directory}")
         return
+    failed = 0
     for path in stores:
-        applied = migrate_store(path, progress=lambda s, p=path: click.echo(f"  {p.name}: {s}", err=True))
+        try:
+            applied = migrate_store(path, progress=lambda s, p=path: click.echo(f"  {p.name}: {s}", err=True))
+        except FustorError as exc:  # report it and go on with the other stores
+            click.echo(f"error: {exc.message}", err=True)
+            failed += 1
+            continue
         if applied:
             for line in applied:
                 click.echo(f"{path}: applied {line}")
         else:
             click.echo(f"{path}: up to date")
-
-
-@main.group()
-def agent() -> None:
-    """The agent that watches a file system and pushes to fusion."""
+    if failed:
+        sys.exit(1)
 
 
 main.add_command(fusion)
+main.add_command(agent)
 
 
 def fusion_main() -> None:

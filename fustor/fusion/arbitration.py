@@ -22,7 +22,10 @@ Upstream quirks (spec §15) and what we do:
 
 1. Realtime always wins over the tree, even with an older mtime: kept.
 2. The tombstone gate applies to every source, realtime included; a realtime
-   re-create with mtime <= the deletion watermark (+1e-5) is dropped: kept.
+   re-create with mtime <= the deletion watermark (+1e-5) is dropped: kept. Note
+   the cost: the watermark lags the wall clock by a whole-second skew only, so a
+   path deleted and re-created faster than the pipeline delivers the delete
+   (``git checkout``) can stay hidden until a newer mtime or the tombstone purge.
 3. ``audit_skipped`` rows bypass the mtime guard (a silent dir may regress its
    mtime): kept; the row is a fresh stat.
 4. A dropped non-silent dir row leaves a stale ``audit_skipped``: kept (it only
@@ -39,6 +42,7 @@ Upstream quirks (spec §15) and what we do:
     caller counts it as an error): kept.
 11. The skew is a whole number of seconds (truncated): kept.
 13. Auto-created parents have mtime 0.0: kept.
+(8, 12 and 14 concern the query API and sessions, not these rules.)
 
 Our own choices where upstream raises or does something unhelpful:
 
@@ -106,10 +110,10 @@ def _number(row: dict, name: str, default: float) -> float:
     v = row.get(name)
     if v is None:
         return default
-    if v.__class__ is float:
+    if isinstance(v, float):
         if _isfinite(v):
-            return v
-    elif isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+    elif isinstance(v, int) and not isinstance(v, bool) and -SIZE_LIMIT < v < SIZE_LIMIT:
         return float(v)
     raise _Invalid(f"{name} must be a finite number, got {v!r}")
 
@@ -153,16 +157,18 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
         res.rejected = [{"index": i, "path": _raw_path(r), "reason": reason}
                         for i, r in enumerate(rows)]
         return res
+    st.sync(w)
     deleting = etype == "delete"
     realtime = src == REALTIME
-    audit = src == AUDIT
     now = st.now
     clock = st.clock
-    if audit and st.last_audit_start is None:
+    if src == AUDIT and st.last_audit_start is None:
         begin_cycle(w, st, now())
-    cap = _Capacity(w, st.max_nodes) if st.max_nodes > 0 else None
+    ctx = _Event(w, st, src)
+    apply = ctx.delete if deleting else ctx.upsert
     latency = st.last_event_latency_ms
     applied = ignored = 0
+    given = fields = None
     for i, row in enumerate(rows):
         try:
             if row.__class__ is not dict:
@@ -173,34 +179,26 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
             else:
                 given = row.get("modified_time")
                 mtime = _number(row, "modified_time", 0.0)
-                size = _size(row)
-                ctime = _number(row, "created_time", 0.0)
                 is_dir = bool(row.get("is_directory") or row.get("is_dir"))
                 if path == _ROOT and not is_dir:
                     raise _Invalid("the root of a view is a directory")
+                fields = (is_dir, _size(row), _number(row, "created_time", 0.0))
         except _Invalid as exc:
             res.rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
             continue
         wall = now()
-        if deleting or given is None:
-            wm = clock.update(mtime, False)
-        else:
-            wm = clock.update(mtime, realtime)
+        # only realtime rows that carry an mtime are skew samples
+        wm = clock.update(mtime, realtime and given is not None)
         latency = (wm - mtime) * 1000.0 if mtime is not None and wm > mtime else 0.0
-        if audit:
-            st.audit_rows_seen += 1
-        if deleting:
-            ok = _delete(w, st, path, mtime, src, wall, wm, cap)
-        else:
-            if audit:
-                w.discard_blind("deletions", path)  # seen again
-            ok = _upsert(w, st, row, path, is_dir, size, mtime, ctime, src, wall, wm, cap)
-        if ok:
+        if apply(row, path, mtime, fields, wall, wm):
             applied += 1
         else:
             ignored += 1
-        st.last_event_at = wall
-    st.last_event_latency_ms = latency
+    if src == AUDIT:
+        st.audit_rows_seen += applied + ignored
+    if applied or ignored:
+        st.last_event_at = now()
+        st.last_event_latency_ms = latency
     res.applied = applied
     res.ignored = ignored
     return res
@@ -257,138 +255,177 @@ class _Capacity:
         self.count = -1
 
 
-def _mark_seen(w: TreeWriter, st: ViewState, path: bytes, node, row_is_dir: bool) -> None:
-    """Record an audit sighting of ``path`` that did not rewrite its node."""
-    if node is None:
-        node = w.get(path)
-    if row_is_dir or (node is not None and node.is_dir):
-        w.add_audit_dir(path)
-    if node is not None and node.audit_mark != st.audit_cycle:
-        node.audit_mark = st.audit_cycle
-        w.put_flags(node)
+class _Event:
+    """The rules for the rows of one event (one source, one event type).
 
+    Within one event some tables can only shrink (an upsert event never adds a
+    tombstone; a realtime event never adds a blind-spot entry), so whether they
+    are empty is read once per event, which saves per-row lookups in the common
+    case of empty tables.
+    """
 
-def _delete(w, st, path, mtime, src, wall, wm, cap) -> bool:
-    if path == _ROOT:
-        return False
-    if src == REALTIME:
-        n = w.delete(path)  # drops the subtree's suspects and blind additions
-        # Even for an unknown path: a stale compensation row must not create it.
-        w.put_tombstone(path, wm, wall)
-        w.discard_blind("deletions", path)
-        w.discard_blind("additions", path)
+    __slots__ = ("audit", "cap", "has_add", "has_del", "has_tombs", "src", "st", "w")
+
+    def __init__(self, w: TreeWriter, st: ViewState, src: str) -> None:
+        self.w = w
+        self.st = st
+        self.src = src
+        self.audit = src == AUDIT
+        dbs = w.dbs
+        self.has_tombs = w.count(dbs.tombstones) > 0
+        self.has_add = w.count(dbs.blind_additions) > 0
+        self.has_del = w.count(dbs.blind_deletions) > 0
+        self.cap = _Capacity(w, st.max_nodes) if st.max_nodes > 0 else None
+
+    def _mark_seen(self, path: bytes, node, row_is_dir: bool) -> None:
+        """Record an audit sighting of ``path`` that did not rewrite its node."""
+        w = self.w
+        if node is None:
+            node = w.get(path)
+        if row_is_dir or (node is not None and node.is_dir):
+            w.add_audit_dir(path)
+        cycle = self.st.audit_cycle
+        if node is not None and node.audit_mark != cycle:
+            node.audit_mark = cycle
+            w.put_flags(node)
+
+    # -- delete rows ----------------------------------------------------------------
+    def delete(self, row: dict, path: bytes, mtime, _fields, wall: float, wm: float) -> bool:
+        if path == _ROOT:
+            return False
+        w = self.w
+        cap = self.cap
+        if self.src == REALTIME:
+            n = w.delete(path)  # drops the subtree's suspects and blind additions
+            # Even for an unknown path: a stale compensation row must not create it.
+            w.put_tombstone(path, wm, wall)
+            self.has_tombs = True
+            if self.has_del:
+                w.discard_blind("deletions", path)
+            if self.has_add:
+                w.discard_blind("additions", path)
+            if cap is not None:
+                cap.removed(n)
+            return True
+        if self.has_tombs and w.tombstone(path) is not None:
+            if self.audit:
+                self._mark_seen(path, None, False)
+            return False
+        old = w.get(path)
+        if old is not None and mtime is not None and old.modified_time > mtime:  # ties delete
+            if self.audit:
+                self._mark_seen(path, old, False)
+            return False
+        n = w.delete(path)
+        w.add_blind("deletions", path)
+        self.has_del = True
         if cap is not None:
             cap.removed(n)
         return True
-    audit = src == AUDIT
-    if w.tombstone(path) is not None:
-        if audit:
-            _mark_seen(w, st, path, None, False)
-        return False
-    old = w.get(path)
-    if old is not None and mtime is not None and old.modified_time > mtime:  # ties delete
-        if audit:
-            _mark_seen(w, st, path, old, False)
-        return False
-    n = w.delete(path)
-    w.add_blind("deletions", path)
-    if cap is not None:
-        cap.removed(n)
-    return True
 
+    # -- upsert rows ----------------------------------------------------------------
+    def upsert(self, row: dict, path: bytes, mtime: float, fields: tuple, wall: float,
+               wm: float) -> bool:
+        w = self.w
+        st = self.st
+        src = self.src
+        audit = self.audit
+        is_dir, size, ctime = fields
+        if audit and self.has_del:
+            w.discard_blind("deletions", path)  # seen again, whatever the rules decide
+        # Rule 1: tombstone gate, every source.
+        if self.has_tombs:
+            ts = w.tombstone(path)
+            if ts is not None:
+                if mtime > ts[0] + TEPS:
+                    w.delete_tombstone(path)  # reincarnation
+                else:
+                    if audit:
+                        self._mark_seen(path, None, is_dir)
+                    return False
+        old = w.get(path)
+        bypass = bool(row.get("audit_skipped"))
+        skipped = bypass if is_dir else None
+        switch = old is not None and old.is_dir != is_dir
+        T = st.hot_file_threshold
+        cap = self.cap
 
-def _upsert(w, st, row, path, is_dir, size, mtime, ctime, src, wall, wm, cap) -> bool:
-    audit = src == AUDIT
-    # Rule 1: tombstone gate, every source.
-    ts = w.tombstone(path)
-    if ts is not None:
-        if mtime > ts[0] + TEPS:
-            w.delete_tombstone(path)  # reincarnation
-        else:
+        if src == REALTIME:
+            if old is None and cap is not None and not cap.allow(path):
+                return False
+            atomic = row.get("is_atomic_write", True) is not False
+            w.upsert(
+                path, is_dir, size, mtime, ctime, last_updated_at=wall,
+                integrity_suspect=not atomic, known_by_agent=True, audit_skipped=skipped,
+                audit_mark=old.audit_mark if switch else None,
+            )
+            if atomic:
+                if old is not None and old.integrity_suspect and not switch:
+                    w.delete_suspect(path)
+            else:  # partial write: suspect for a full threshold from now, renewed each time
+                w.put_suspect(path, wall + T, mtime)
+            if self.has_add:
+                w.discard_blind("additions", path)
+            if self.has_del:
+                w.discard_blind("deletions", path)
+            if switch and cap is not None:
+                cap.invalidate()
+            return True
+
+        # Rule 2: compensation rows must be strictly newer (silent dirs bypass it).
+        if old is not None and not bypass and old.modified_time >= mtime:
             if audit:
-                _mark_seen(w, st, path, None, is_dir)
+                self._mark_seen(path, old, is_dir)
             return False
-    old = w.get(path)
-    bypass = bool(row.get("audit_skipped"))
-    skipped = bypass if is_dir else None
-    switch = old is not None and old.is_dir != is_dir
-    T = st.hot_file_threshold
-
-    if src == REALTIME:
-        if old is None and cap is not None and not cap.allow(path):
-            return False
-        atomic = row.get("is_atomic_write", True) is not False
+        if old is None:
+            # Rule 3: an audit row for an unknown path whose parent (looked up
+            # exactly as sent) is newer in the tree than the scan saw it is stale.
+            if audit:
+                parent = _exact_dir(w, row.get("parent_path"))
+                if parent is not None and parent.modified_time > _parent_mtime(row):
+                    return False
+            if cap is not None and not cap.allow(path):
+                return False
+        snapshot = src == SNAPSHOT
+        age = wm - mtime
+        changed = old is None or abs(old.modified_time - mtime) > EPS
+        known = suspect = None
+        if changed:
+            known = snapshot
+            suspect = age < T
+        else:  # only silent dir rows get here
+            if snapshot:
+                known = True
+            if age >= T:
+                suspect = False
         w.upsert(
-            path, is_dir, size, mtime, ctime, last_updated_at=wall,
-            integrity_suspect=not atomic, known_by_agent=True, audit_skipped=skipped,
-            audit_mark=old.audit_mark if switch else None,
+            path, is_dir, size, mtime, ctime,
+            # a type switch creates a new node; it keeps the old realtime confirmation
+            last_updated_at=old.last_updated_at if switch else None,
+            integrity_suspect=suspect, known_by_agent=known, audit_skipped=skipped,
+            audit_mark=st.audit_cycle if audit else (old.audit_mark if switch else None),
         )
-        if atomic:
-            if old is not None and old.integrity_suspect and not switch:
-                w.delete_suspect(path)
-        else:  # partial write: suspect for a full threshold from now, renewed each time
-            w.put_suspect(path, wall + T, mtime)
-        w.discard_blind("additions", path)
-        w.discard_blind("deletions", path)
+        if audit and is_dir:
+            w.add_audit_dir(path)
         if switch and cap is not None:
             cap.invalidate()
-        return True
-
-    # Rule 2: compensation rows must be strictly newer (silent dirs bypass it).
-    if old is not None and not bypass and old.modified_time >= mtime:
-        if audit:
-            _mark_seen(w, st, path, old, is_dir)
-        return False
-    if old is None:
-        # Rule 3: an audit row for an unknown path whose parent (looked up exactly
-        # as sent) is newer in the tree than the scan saw it is stale.
-        if audit:
-            parent = _exact_dir(w, row.get("parent_path"))
-            if parent is not None and parent.modified_time > _parent_mtime(row):
-                return False
-        if cap is not None and not cap.allow(path):
-            return False
-    snapshot = src == SNAPSHOT
-    age = wm - mtime
-    changed = old is None or abs(old.modified_time - mtime) > EPS
-    known = suspect = None
-    if changed:
-        known = snapshot
-        suspect = age < T
-    else:  # only silent dir rows get here
         if snapshot:
-            known = True
-        if age >= T:
-            suspect = False
-    w.upsert(
-        path, is_dir, size, mtime, ctime,
-        # a type switch creates a new node; it inherits the old realtime confirmation
-        last_updated_at=old.last_updated_at if switch else None,
-        integrity_suspect=suspect, known_by_agent=known, audit_skipped=skipped,
-        audit_mark=st.audit_cycle if audit else (old.audit_mark if switch else None),
-    )
-    if audit and is_dir:
-        w.add_audit_dir(path)
-    if switch and cap is not None:
-        cap.invalidate()
-    if changed:
-        if snapshot:
-            w.discard_blind("additions", path)
-        else:
+            if self.has_add:
+                w.discard_blind("additions", path)
+        elif changed:
             w.add_blind("additions", path)
-    elif snapshot:
-        w.discard_blind("additions", path)
-    if suspect:
-        # Existing entries are not renewed: repeating a hot row does not extend it.
-        entry = w.suspect(path)
-        if entry is None:
-            life = T - age
-            w.put_suspect(path, wall + (T if life > T else (life if life > 0 else 0.0)), mtime)
-        elif entry[1] == MISSING:  # the scan saw the file: drop the sentinel's report
-            w.put_suspect(path, entry[0], mtime)
-    elif suspect is False and old is not None and old.integrity_suspect and not switch:
-        w.delete_suspect(path)
-    return True
+            self.has_add = True
+        if suspect:
+            # Existing entries are not renewed: repeating a hot row does not extend it.
+            entry = w.suspect(path)
+            if entry is None:
+                life = T - age
+                w.put_suspect(path, wall + (T if life > T else (life if life > 0 else 0.0)), mtime)
+            elif entry[1] == MISSING:  # the scan saw the file: drop the sentinel's report
+                w.put_suspect(path, entry[0], mtime)
+        elif suspect is False and old is not None and old.integrity_suspect and not switch:
+            w.delete_suspect(path)
+        return True
 
 
 def _exact_dir(w: TreeWriter, parent_path):

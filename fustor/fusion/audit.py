@@ -28,15 +28,16 @@ LATE_START_WINDOW = 5.0  # s: an explicit start this soon after an auto-start ke
 
 def begin_cycle(w: TreeWriter, st: ViewState, wall: float) -> None:
     """Open a new audit cycle (auto-start on the first audit row, or an explicit start)."""
+    w.clear(w.dbs.audit_dirs)
     st.audit_cycle += 1
     st.audit_rows_seen = 0
     st.last_audit_start = wall
-    w.clear(w.dbs.audit_dirs)
 
 
 def audit_start(w: TreeWriter, st: ViewState) -> None:
     """Explicit start (E6). A start that arrives within 5 s of an auto-start which
     already saw rows is "late": the rows already seen stay seen."""
+    st.sync(w)
     wall = st.now()
     late = (
         st.last_audit_start is not None
@@ -53,6 +54,7 @@ def audit_start(w: TreeWriter, st: ViewState) -> None:
 def audit_end(w: TreeWriter, st: ViewState) -> int:
     """Close the open cycle: tombstone TTL purge, then missing-item detection.
     Returns the number of paths judged missing; without an open cycle does nothing."""
+    st.sync(w)
     start = st.last_audit_start
     if start is None:
         return 0
@@ -80,11 +82,13 @@ def audit_end(w: TreeWriter, st: ViewState) -> int:
     for p in doomed:
         w.delete(p)  # drops the subtree's suspects and blind additions too
         w.add_blind("deletions", p)
+    w.clear(w.dbs.audit_dirs)
+    # Only now change the in-memory state: if a write above fails (map growth),
+    # the job runs again and must still find its cycle open.
     st.last_audit_finished_at = wall
     st.audit_cycle_count += 1
     st.last_audit_start = None
     st.audit_rows_seen = 0
-    w.clear(w.dbs.audit_dirs)
     st.save(w)
     return len(doomed)
 
@@ -92,6 +96,7 @@ def audit_end(w: TreeWriter, st: ViewState) -> int:
 def session_start(w: TreeWriter, st: ViewState) -> None:
     """A new session on the view (any role): blind spots and the open audit cycle go;
     tree, tombstones, suspects and clock stay."""
+    st.sync(w)
     w.clear(w.dbs.blind_additions)
     w.clear(w.dbs.blind_deletions)
     w.clear(w.dbs.audit_dirs)

@@ -7,7 +7,7 @@ They are written by the same write transaction that changed them, so a restart
 
 ``meta`` keys written here (JSON values):
 
-    view_state     {"last_audit_start": float|null, "audit_cycle": int,
+    view_state     {"generation": int, "last_audit_start": float|null, "audit_cycle": int,
                     "audit_rows_seen": int, "last_audit_finished_at": float,
                     "audit_cycle_count": int, "last_event_latency_ms": float,
                     "last_event_at": float}
@@ -19,7 +19,10 @@ which empties the tree of marks, starts them again), so marks left by an
 abandoned cycle never count for a later one.
 
 A write job that fails leaves this object ahead of the store; the caller then
-reloads it (``load``) from a read transaction, as ``views/fs.py`` does.
+reloads it (``load``) from a read transaction, as ``views/fs.py`` does. A job the
+store runs again after growing its map is covered by ``sync``, which the rules
+call at their start: ``generation`` (bumped by every save) tells whether the
+transaction holds what this object last saved.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class ViewState:
     last_event_latency_ms: float = 0.0
     last_event_at: float = 0.0
     _saved: tuple | None = field(default=None, repr=False)
+    _generation: int = field(default=0, repr=False)
     _clock_saved_version: int = field(default=-1, repr=False)
     _clock_saved_at: float = field(default=float("-inf"), repr=False)
 
@@ -75,7 +79,23 @@ class ViewState:
 
     def load(self, reader: TreeReader) -> None:
         """Take the values committed in the store (defaults for a new store)."""
+        self._load_scalars(reader.meta(STATE_KEY, None) or {})
+        self.clock.load(reader.meta(CLOCK_KEY, None) or [])
+        self._clock_saved_version = self.clock.version
+        self._clock_saved_at = float("-inf")  # the first new sample is saved at once
+
+    def sync(self, reader: TreeReader) -> None:
+        """Re-read the scalars when the transaction does not hold what was last saved.
+
+        The store runs a job again after growing its map, in a fresh transaction;
+        the first attempt's changes to this object must not count twice (an audit
+        end would find its cycle already closed). Cheap: one meta read.
+        """
         d = reader.meta(STATE_KEY, None) or {}
+        if d.get("generation", 0) != self._generation:
+            self._load_scalars(d)
+
+    def _load_scalars(self, d: dict) -> None:
         self.last_audit_start = d.get("last_audit_start")
         self.audit_cycle = int(d.get("audit_cycle", 0))
         self.audit_rows_seen = int(d.get("audit_rows_seen", 0))
@@ -83,17 +103,17 @@ class ViewState:
         self.audit_cycle_count = int(d.get("audit_cycle_count", 0))
         self.last_event_latency_ms = float(d.get("last_event_latency_ms", 0.0))
         self.last_event_at = float(d.get("last_event_at", 0.0))
-        self.clock.load(reader.meta(CLOCK_KEY, None) or [])
+        self._generation = int(d.get("generation", 0))
         self._saved = self._scalars()
-        self._clock_saved_version = self.clock.version
-        self._clock_saved_at = float("-inf")  # the first new sample is saved at once
 
     def save(self, writer: TreeWriter, force: bool = False) -> None:
         """Write what changed: the scalars always, the clock samples at most once a
         second of wall time unless ``force``."""
         cur = self._scalars()
         if force or cur != self._saved:
+            self._generation += 1
             writer.put_meta(STATE_KEY, {
+                "generation": self._generation,
                 "last_audit_start": self.last_audit_start,
                 "audit_cycle": self.audit_cycle,
                 "audit_rows_seen": self.audit_rows_seen,

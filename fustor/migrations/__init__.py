@@ -36,7 +36,10 @@ def registry() -> dict[int, object]:
 
 def stored_format(path: Path) -> int:
     """The format version recorded in the store at ``path`` (0 when none is recorded)."""
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=16)
+    try:
+        env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=16)
+    except lmdb.Error as exc:
+        raise StoreFormatError(f"{path} cannot be opened as a fustor store: {exc}") from None
     try:
         with env.begin() as txn:
             if txn.get(b"meta") is None:
@@ -87,8 +90,10 @@ def migrate_store(path: Path, progress: Callable[[str], None] = lambda s: None) 
         finally:
             src.close()
         backup = path.with_name(f"{path.name}.format{version}.bak")
-        os.replace(path, backup)
-        os.replace(tmp, path)
+        if backup.exists():
+            backup.unlink()
+        os.link(path, backup)  # keep the original under a second name first...
+        os.replace(tmp, path)  # ...so this atomic swap never leaves NAME.lmdb missing
         lock = Path(str(tmp) + "-lock")
         if lock.exists():
             lock.unlink()

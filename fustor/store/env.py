@@ -22,11 +22,12 @@ from fustor.errors import NotFoundError, StoreClosedError, StoreError, StoreForm
 from fustor.store import keys
 from fustor.store.records import Node
 from fustor.store.tree import Dbs, TreeReader, TreeWriter
-from fustor.store.writer import Writer, is_disk_full
+from fustor.store.writer import StoreBusyError, Writer, is_disk_full
 
 FORMAT_VERSION = 1
 DB_NAMES = Dbs._fields
-DEFAULT_MAP_SIZE = 1 << 30  # virtual; the file only grows as pages are used
+DEFAULT_MAP_SIZE = 8 << 30  # address space only; the file grows as pages are used
+GROW_WAIT_S = 5.0  # how long a map growth waits for readers to leave
 MIN_MAP_SIZE = 1 << 20
 
 
@@ -67,11 +68,13 @@ class _Gate:
                 self._cond.notify_all()
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, timeout: float | None = None) -> Iterator[None]:
         with self._cond:
             self._resizing = True
-            while self._readers:
-                self._cond.wait()
+            if not self._cond.wait_for(lambda: not self._readers, timeout):
+                self._resizing = False
+                self._cond.notify_all()
+                raise StoreBusyError("the store must grow but readers stay open; retry shortly")
         try:
             yield
         finally:
@@ -257,7 +260,7 @@ class Store:
         return out
 
     def _grow(self) -> None:
-        with self._gate.exclusive():
+        with self._gate.exclusive(GROW_WAIT_S):
             self._map_size *= 2
             self.env.set_mapsize(self._map_size)
 

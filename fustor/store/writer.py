@@ -115,6 +115,9 @@ class Writer:
             except lmdb.MapFullError:
                 try:
                     self._grow()
+                except StoreBusyError as exc:
+                    self._fail(group, exc)
+                    return
                 except Exception as exc:  # growing failed: report, keep the thread alive
                     self._fail(group, StoreFullError(f"cannot grow the store: {exc}"))
                     return

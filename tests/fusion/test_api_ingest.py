@@ -193,3 +193,18 @@ async def test_sentinel_tasks_list_suspects_and_feedback_adopts_a_changed_mtime(
     assert (node["modified_time"], node["size"], node["integrity_suspect"]) == (5001.0, 99, True)
     listed = (await c.get("/api/v1/views/research/suspect-list", headers=Q)).json()
     assert [x["path"] for x in listed] == ["/hot.bin"]
+
+
+async def test_a_name_that_is_not_utf8_round_trips_through_the_api(fusion_app):
+    import json
+
+    f, c = fusion_app
+    sid = (await open_session(c))["session_id"]
+    body = json.dumps(batch([event([row("/d/caf\udce9.txt", size=3)])], is_end=True)).encode()
+    r = await c.post(f"/api/v1/pipe/ingest/{sid}/events", content=body,
+                     headers={**A, "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    with f.views["research"].store.read() as rd:
+        assert rd.get(b"/d/caf\xe9.txt").size == 3
+    r = await c.get("/api/v1/views/research/tree", params={"path": "/d"}, headers=Q)
+    assert json.loads(r.content)["children"][0]["path"] == "/d/caf\udce9.txt"

@@ -505,3 +505,41 @@ def test_resurrection_fuzz(make_view, wall, seed):
     p = min(dead)
     assert view.upsert("snapshot", p, stones[p][0] + 1).applied == 1
     view.check()
+
+
+def test_numbers_that_cannot_be_stored_are_rejected(view, wall):
+    rows = [
+        {"path": "/huge-int", "modified_time": 10**400},
+        {"path": "/huge-size", "modified_time": wall.t, "size": 2**64},
+        {"path": "/bool", "modified_time": True},
+        {"path": "/inf", "modified_time": wall.t, "created_time": float("inf")},
+        {"path": "/ok", "modified_time": 1_700_000_000, "size": 4096.0},
+    ]
+    res = view.event("snapshot", "update", rows)
+    assert res.applied == 1 and [r["index"] for r in res.rejected] == [0, 1, 2, 3]
+    assert view.node("/ok").size == 4096 and view.node("/ok").modified_time == 1.7e9
+
+
+def test_events_of_one_job_see_each_other(view, wall):
+    # The view layer applies several events in one transaction; per-event shortcuts
+    # (empty tables) must see what earlier events of the same job wrote.
+    def job(w, st):
+        t = wall.t
+        rules.process_event(w, st, {"event_type": "update", "message_source": "audit",
+                                    "rows": [{"path": "/a", "modified_time": t - 100}]})
+        rules.process_event(w, st, {"event_type": "delete", "message_source": "realtime",
+                                    "rows": [{"path": "/gone"}]})
+        rules.process_event(w, st, {"event_type": "delete", "message_source": "snapshot",
+                                    "rows": [{"path": "/lost"}]})
+        return [
+            rules.process_event(w, st, {"event_type": "update", "message_source": "realtime",
+                                        "rows": [{"path": "/a", "modified_time": t},
+                                                 {"path": "/lost", "modified_time": t}]}),
+            rules.process_event(w, st, {"event_type": "update", "message_source": "snapshot",
+                                        "rows": [{"path": "/gone", "modified_time": t - 5}]}),
+        ]
+
+    rt, snap = view.run(job)
+    assert rt.applied == 2 and snap.ignored == 1
+    assert view.blind("additions") == set() and view.blind("deletions") == set()
+    assert view.paths() == {"/", "/a", "/lost"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fustor.fusion import arbitration as rules
 from fustor.fusion.suspects import MISSING
 
 pytest_plugins = ["tests.fusion.harness"]  # fixtures: wall, view, make_view
@@ -447,3 +448,24 @@ def test_reset_empties_the_view(view, wall):
     view.upsert("realtime", "/a/b", wall.t)
     assert view.paths() == {"/", "/a", "/a/b"}
     view.check()
+
+
+def test_a_rolled_back_job_runs_again_with_the_state_it_had(view, wall):
+    # The store runs a job again after growing its map; the first attempt's changes
+    # to the in-memory state must not count. Abort a job after audit_end to mimic it.
+    old = _tree(view, wall)
+    view.event("audit", "update", [dir_row("/d", old), file_row("/d/a", old)])
+
+    class Abort(Exception):
+        pass
+
+    def first_attempt(w):
+        rules.audit_end(w, view.st)
+        raise Abort
+
+    with pytest.raises(Abort):
+        view.store.write(first_attempt)
+    assert not view.st.is_auditing  # memory ran ahead of the store
+    assert view.audit_end() == 2  # the retry still finds its cycle open
+    assert view.st.audit_cycle_count == 1
+    assert view.blind("deletions") == {"/d/b", "/d/sub"}

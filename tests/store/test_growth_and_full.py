@@ -1,9 +1,12 @@
 """The map grows on demand; a full disk (file-size limit) fails a batch cleanly."""
 
 import json
+import os
+import select
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 
@@ -99,19 +102,31 @@ store.close()
 """
 
 
+def read_line(proc, timeout=30.0):
+    """One line from ``proc``'s stdout, or fail after ``timeout`` seconds."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        assert left > 0, "no answer from the reader process"
+        if select.select([proc.stdout], [], [], left)[0]:
+            chunk = os.read(proc.stdout.fileno(), 1)  # bytewise: never reads past the line
+            assert chunk, f"reader process exited: {proc.stderr.read()!r}"
+            buf += chunk
+    return buf
+
+
 def test_reader_in_another_process_follows_the_map_growth(tmp_path):
     path = tmp_path / "shared.lmdb"
     with Store(path, map_size=1 << 20) as store:
         store.write(batch_job(0, per=10))
-        proc = subprocess.Popen([sys.executable, "-c", READER_CHILD, str(path)], text=True,
+        proc = subprocess.Popen([sys.executable, "-c", READER_CHILD, str(path)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             def ask():
-                proc.stdin.write("stats\n")
+                proc.stdin.write(b"stats\n")
                 proc.stdin.flush()
-                line = proc.stdout.readline()
-                assert line, proc.stderr.read()
-                return int(line)
+                return int(read_line(proc))
 
             assert ask() == 10
             for n in range(1, 11):  # ~4 MB: the writer's map doubles past the reader's 1 MiB
@@ -123,8 +138,8 @@ def test_reader_in_another_process_follows_the_map_growth(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-            proc.stdout.close()
-            proc.stderr.close()
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                f.close()
 
 
 FULL_CHILD = """

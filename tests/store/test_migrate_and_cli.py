@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import lmdb
 import orjson
@@ -140,9 +141,9 @@ def test_migrate_in_a_real_process_upgrades_every_store_under_dir(tmp_path):
         assert p.with_name(p.name + ".format0.bak").is_file()
 
 
-def test_crash_between_the_two_renames_of_migrate_loses_no_store(tmp_path, monkeypatch):
-    """A kill at the worst moment of the swap cannot be caused for real; os.replace is
-    made to die on its second call, which is where the process would be killed."""
+def test_crash_at_the_swap_of_migrate_loses_no_store(tmp_path, monkeypatch):
+    """A kill at the worst moment of the swap cannot be caused for real; os.replace (the
+    swap of the migrated file into place) is made to die, where the process would be killed."""
     nodes = write_format0(tmp_path / "old.lmdb")
     calls = []
 
@@ -153,7 +154,7 @@ def test_crash_between_the_two_renames_of_migrate_loses_no_store(tmp_path, monke
         @staticmethod
         def replace(src, dst):
             calls.append((src, dst))
-            if len(calls) == 2:
+            if len(calls) == 1:
                 raise KeyboardInterrupt("killed mid-swap")
             os.replace(src, dst)
 
@@ -322,27 +323,31 @@ def test_inspect_while_this_process_has_the_store_open_for_writing(tmp_path):
 
 def test_inspect_process_while_writes_continue(tmp_path):
     path = make_store(tmp_path / "s.lmdb")
-    stop = threading.Event()
-    done = []
-    with Store(path) as store:
+    stop, flowing = threading.Event(), threading.Event()
+    with Store(path) as store, ThreadPoolExecutor(1) as pool:
         def writer():
             n = 0
-            while not stop.is_set() and n < 100_000:
-                store.write(lambda w, n=n: [w.upsert(b"/w/%d/%d" % (n, i), False, 1, 1.0, 0.0)
-                                            for i in range(100)])
-                done.append(n)
-                n += 1
+            try:
+                while not stop.is_set() and n < 100_000:
+                    store.write(lambda w, n=n: [w.upsert(b"/w/%d/%d" % (n, i), False, 1, 1.0, 0.0)
+                                                for i in range(100)])
+                    n += 1
+                    if n == 3:
+                        flowing.set()
+            finally:
+                flowing.set()
+            return n
 
-        t = threading.Thread(target=writer)
-        t.start()
+        fut = pool.submit(writer)
         try:
+            assert flowing.wait(30) and not fut.done()
             proc = subprocess.run(
                 [sys.executable, "-m", "fustor.cli", "inspect", str(path), "--json", "--verify"],
                 check=False, capture_output=True, text=True, timeout=120)
         finally:
             stop.set()
-            t.join(30)
-        assert not t.is_alive() and done
+        written = fut.result(timeout=30)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["verify"]["ok"] and (out["files"] - 8) % 100 == 0
+    assert 8 + 300 <= out["files"] <= 8 + 100 * written

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fustor.errors import FustorError
+from fustor.protocol import dumps, loads
 
 router = APIRouter(prefix="/api/v1/pipe")
 
@@ -59,7 +59,7 @@ class CreateSession(BaseModel):
 
 
 def json_response(obj, status: int = 200) -> Response:
-    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+    return Response(dumps(obj), status_code=status, media_type="application/json")
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -75,8 +75,8 @@ async def parse(request: Request, model: type[BaseModel] | None = None, *, toler
     """The JSON body as plain dicts, checked against ``model`` (422 naming the field)."""
     raw = await request.body()
     try:
-        obj = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
+        obj = loads(raw) if raw else {}
+    except ValueError as exc:
         if tolerant:
             return {}
         raise MalformedJsonError(f"the request body is not valid JSON: {exc}") from None

@@ -1,0 +1,209 @@
+"""``fustor agent ...`` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from fustor.cli_util import friendly
+from fustor.errors import ConfigError, FustorError
+
+
+@click.group()
+def agent() -> None:
+    """The agent: watches a file system and keeps fusion's view of it exact."""
+
+
+def _home() -> Path:
+    from fustor.config import fustor_home
+
+    return fustor_home()
+
+
+def _load(configs: tuple[str, ...]):
+    from fustor.agent.config import load_agent_config
+
+    if not configs:
+        return load_agent_config(None), (lambda: load_agent_config(None))
+    if len(configs) > 1:
+        raise ConfigError("give one config file or directory (or none for $FUSTOR_HOME/agent-config/)")
+    target = Path(configs[0])
+    return load_agent_config(target), (lambda: load_agent_config(target))
+
+
+def status_line(st: dict) -> str:
+    parts = []
+    for pid, p in st.get("pipes", {}).items():
+        snap = p.get("snapshot") or {}
+        if p.get("phase") == "snapshot" and snap:
+            what = f"snapshot {snap['rows']:,} rows, {snap['rows_per_s']:,} rows/s, {snap['elapsed_s']} s"
+        else:
+            what = f"{p.get('phase')}, {p.get('rows_pushed', 0):,} rows pushed"
+        err = f", last error: {p['last_error']}" if p.get("last_error") else ""
+        watch = p.get("watch") or {}
+        if watch.get("watch_limit_reached"):
+            err += ", WATCH LIMIT REACHED (audits cover the rest)"
+        parts.append(f"[{pid}] {p.get('state')} {p.get('role') or '-'}: {what}{err}")
+    return " | ".join(parts) or "no pipes running"
+
+
+@agent.command()
+@click.argument("configs", nargs=-1)
+@click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Zero-config: watch this directory (needs --fusion and --key).")
+@click.option("--fusion", "fusion_url", default=None, help="Zero-config: fusion receiver URL, e.g. http://host:8102.")
+@click.option("--key", default=None, help="Zero-config: the ingest API key fusion printed.")
+@click.option("-D", "--daemon", is_flag=True, help="Run in the background; log to $FUSTOR_HOME/logs/agent.log (appended).")
+@click.option("-V", "--verbose", is_flag=True, help="Debug logging.")
+@friendly
+def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
+    """Start the agent with the pipes of CONFIGS (a YAML file or directory; default
+    $FUSTOR_HOME/agent-config/), or with --watch DIR --fusion URL --key KEY and no YAML."""
+    from fustor.agent.config import quick_config
+    from fustor.agent.daemon import Agent, apply_logging
+    from fustor.pidfile import running_pid, spawn_detached, wait_for_pid_file
+
+    home = _home()
+    pid_file = home / "agent.pid"
+    if watch_dir is not None:
+        if not fusion_url or not key:
+            raise ConfigError("--watch needs --fusion URL and --key KEY")
+        cfg, loader = quick_config(watch_dir.resolve(), fusion_url, key), None
+    else:
+        cfg, loader = _load(configs)
+    from fustor.agent.config import enabled_pipes
+
+    if not enabled_pipes(cfg):
+        raise ConfigError(
+            f"no enabled pipes in {configs[0] if configs else home / 'agent-config'}; "
+            "write one (see `fustor agent example`) or use --watch DIR --fusion URL --key KEY")
+    running = running_pid(pid_file)
+    if daemon:
+        if running:
+            click.echo(f"Agent already running with PID: {running}")
+            return
+        args = ["agent", "start", *configs]
+        if watch_dir is not None:
+            args += ["--watch", str(watch_dir.resolve()), "--fusion", fusion_url, "--key", key]
+        if verbose:
+            args.append("--verbose")
+        log = home / "logs" / "agent.log"
+        pid = spawn_detached(args, log)
+        if not wait_for_pid_file(pid_file, pid):
+            raise FustorError(f"the agent did not start; see {log}")
+        click.echo(f"Agent started in the background with PID: {pid} (log: {log})")
+        return
+    if running:
+        raise FustorError(f"an agent is already running with PID {running}; `fustor agent stop` it first")
+    apply_logging(cfg.logging, verbose)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    import os
+
+    pid_file.write_text(str(os.getpid()))
+    tty = sys.stdout.isatty()
+    last = [0.0]
+
+    def tick(st: dict) -> None:
+        now = time.monotonic()
+        interval = 1.0 if any(p.get("phase") == "snapshot" for p in st["pipes"].values()) else cfg.status_interval_sec
+        if now - last[0] >= interval:
+            last[0] = now
+            click.echo(("\r" if tty else "") + status_line(st) + ("" if tty else ""), nl=not tty)
+    try:
+        a = Agent(cfg, status_file=home / "agent-status.json", load_config=loader)
+        click.echo(f"agent {a.agent_id}: {len(enabled_pipes(cfg))} pipe(s); Ctrl-C to stop")
+        asyncio.run(a.run(on_tick=tick, interval=1.0))
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink()
+    if tty:
+        click.echo("")
+
+
+@agent.command()
+@friendly
+def stop() -> None:
+    """Stop the running agent (SIGTERM, then SIGKILL after 30 s)."""
+    from fustor.pidfile import stop_pid
+
+    res = stop_pid(_home() / "agent.pid", timeout=30.0)
+    click.echo("Agent is not running." if res == "not running" else f"Agent {res}.")
+
+
+@agent.command()
+@friendly
+def reload() -> None:
+    """Apply config changes (SIGHUP): added, removed and changed pipes, log level."""
+    import signal
+
+    from fustor.pidfile import signal_pid
+
+    pid = signal_pid(_home() / "agent.pid", signal.SIGHUP)
+    click.echo("Agent is not running." if pid is None else f"Reload signal sent to PID {pid}.")
+
+
+@agent.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@friendly
+def status(as_json: bool) -> None:
+    """Whether the agent runs and, per pipe: state, role, phase, rows pushed, last error, lag."""
+    from fustor.pidfile import running_pid
+
+    home = _home()
+    pid = running_pid(home / "agent.pid")
+    st = {}
+    f = home / "agent-status.json"
+    if pid and f.exists():
+        try:
+            st = orjson.loads(f.read_bytes())
+        except orjson.JSONDecodeError:
+            st = {}
+    if as_json:
+        click.echo(orjson.dumps({"running": bool(pid), "pid": pid, **st}, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"RUNNING (PID: {pid})" if pid else "STOPPED")
+    if pid and st:
+        age = time.time() - st.get("updated_at", 0)
+        click.echo(f"  agent {st.get('agent_id')}, up {st.get('uptime_seconds')} s (status {age:.0f} s old)")
+        for pid_, p in st.get("pipes", {}).items():
+            click.echo("  " + status_line({"pipes": {pid_: p}}))
+
+
+@agent.command()
+@click.argument("configs", nargs=-1)
+@friendly
+def validate(configs) -> None:
+    """Check the agent config; exit 1 with the file and key of the first error."""
+    from fustor.agent.config import enabled_pipes
+
+    cfg, _ = _load(configs)
+    for w in getattr(cfg, "warnings", []):
+        click.echo(f"warning: {w}")
+    click.echo(f"ok: {len(enabled_pipes(cfg))} enabled pipe(s)")
+
+
+@agent.command(name="list")
+@click.argument("configs", nargs=-1)
+@friendly
+def list_pipes(configs) -> None:
+    """Pipes of the config: id, enabled, source, sender."""
+    from fustor.agent.config import enabled_pipes
+
+    cfg, _ = _load(configs)
+    on = enabled_pipes(cfg)
+    click.echo(f"{'PIPE ID':<24} {'STATUS':<9} SOURCE -> SENDER")
+    for pid, pc in cfg.pipes.items():
+        click.echo(f"{pid:<24} {'ENABLED' if pid in on else 'DISABLED':<9} {pc.source} -> {pc.sender}")
+
+
+@agent.command()
+def example() -> None:
+    """Print a commented example agent config."""
+    from fustor.agent.config import dump_example
+
+    click.echo(dump_example())

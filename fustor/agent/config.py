@@ -1,0 +1,598 @@
+"""Agent configuration: which trees to watch and which fusion to send them to.
+
+Where it is read from (:func:`load_agent_config`): by default every ``*.yaml`` *and*
+``*.yml`` file in ``FUSTOR_HOME/agent-config/`` (the original agent read only ``*.yaml``,
+so a ``.yml`` file was silently skipped); names starting with ``.`` (editor and temporary
+files) are skipped, and a missing directory is an empty config. A directory argument is
+read the same way; a file argument means that file alone.
+
+Files are merged in file-name order into one namespace: ``sources``, ``senders`` and
+``pipes`` by id (a later id replaces an earlier one, with a warning), so a pipe may name a
+source or sender defined in another file; ``logging``, ``fs_scan_workers``, ``agent_id``
+and ``status_interval_sec`` come from the last file that sets them.
+
+Nothing broken is half-applied: YAML errors, wrong types, missing required keys, dangling
+references and two pipes sharing a (source, sender) pair raise
+:class:`~fustor.errors.ConfigError` as ``<file>: <dotted.key>: <problem>; <fix>``. Keys we
+do not use (``max_retries``, a source ``credential``, ...) are accepted, so a config written
+for the original 0.8.17 agent loads unchanged, and are listed in ``AgentConfig.ignored``.
+
+Settings the original parsed and then ignored are honoured (agent spec §16.11):
+``fs_scan_workers`` is the default ``max_scan_workers`` of every fs source; a sender's
+``batch_size`` and ``timeout_sec`` are used; ``logging.format`` and ``logging.dir`` are kept
+for the logging set-up, and :func:`config_diff` reports logging changes to a reload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import secrets
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+from fustor.config import (
+    ID_MAX_LEN,
+    ID_RE,
+    LOG_LEVELS,
+    _REQUIRED,
+    _convert,
+    _Section,
+    _unknown_ref,
+    fustor_home,
+)
+from fustor.errors import ConfigError
+
+log = logging.getLogger("fustor.agent.config")
+
+CONFIG_DIR = "agent-config"
+AGENT_ID_FILE = "agent.id"
+SOURCE_DRIVERS = ("fs",)
+SENDER_DRIVERS = ("fusion", "http")  # the same HTTP sender; 0.8.17 configs say "fusion"
+STARTUP_MODES = ("message-only",)
+QUEUE_FACTOR = 100
+COMMAND_LINE = "<command line>"
+
+# fs driver_params we understand: name -> (type, default, minimum).
+# max_scan_workers defaults to the config's fs_scan_workers.
+_FS_PARAMS: dict[str, tuple[type, Any, float | None]] = {
+    "file_pattern": (str, "*", None),
+    "throttle_interval_sec": (float, 5.0, 0),
+    "max_scan_workers": (int, None, 1),
+    "min_monitoring_window_days": (float, 30.0, 0),
+    "startup_mode": (str, None, None),
+}
+
+
+@dataclass
+class SourceConfig:
+    """``sources.<id>``: one directory tree to watch."""
+
+    driver: str
+    uri: str  # absolute path; a ``file://`` prefix is stripped when loading
+    credential: Any = field(default=None, repr=False)  # accepted for old configs; unused
+    max_queue_size: int = 1000
+    disabled: bool = False
+    driver_params: dict[str, Any] = field(default_factory=dict)
+    default_scan_workers: int = 4  # the config's fs_scan_workers
+
+    @property
+    def queue_bound(self) -> int:
+        """Realtime events buffered before the queue counts as overflowed:
+        ``max_queue_size`` × 100. The original buffered only ``max_queue_size`` (1000)
+        events, so one ``cp -r`` during a short fusion outage killed realtime (§16.2);
+        scaling keeps the old key meaningful while making overflow rare."""
+        return self.max_queue_size * QUEUE_FACTOR
+
+    def _param(self, name: str) -> Any:
+        kind, default, _ = _FS_PARAMS[name]
+        value = self.driver_params.get(name)
+        if value is None:
+            return default
+        return _convert(kind, value, f"sources.<source>.driver_params.{name}")
+
+    @property
+    def file_pattern(self) -> str:
+        return self._param("file_pattern")
+
+    @property
+    def throttle_interval_sec(self) -> float:
+        return self._param("throttle_interval_sec")
+
+    @property
+    def max_scan_workers(self) -> int:
+        return self._param("max_scan_workers") or self.default_scan_workers
+
+    @property
+    def min_monitoring_window_days(self) -> float:
+        return self._param("min_monitoring_window_days")
+
+    @property
+    def startup_mode(self) -> str | None:
+        """``"message-only"`` (no snapshot) or None; other values warn when loading."""
+        mode = self._param("startup_mode")
+        return mode if mode in STARTUP_MODES else None
+
+
+@dataclass
+class SenderConfig:
+    """``senders.<id>``: a fusion receiver (drivers ``fusion`` and ``http`` are the same)."""
+
+    driver: str
+    uri: str  # http(s) base URL of fusion's receiver, without a trailing "/"
+    credential: Any = field(default=None, repr=False)  # {key: ...} or {api_key: ...}
+    batch_size: int = 1000
+    timeout_sec: float = 30.0
+    disabled: bool = False
+    driver_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def api_key(self) -> str | None:
+        """The ``X-API-Key`` to send: ``credential.key``, else ``credential.api_key``."""
+        cred = self.credential
+        if isinstance(cred, str):
+            return cred or None
+        if isinstance(cred, dict):
+            for name in ("key", "api_key"):
+                if cred.get(name):
+                    return str(cred[name])
+        return None
+
+    @property
+    def timeout(self) -> float:
+        """HTTP timeout: ``driver_params.timeout`` (what 0.8.17 used) if set, else
+        ``timeout_sec``."""
+        value = self.driver_params.get("timeout")
+        if value is None:
+            return self.timeout_sec
+        return _convert(float, value, "senders.<sender>.driver_params.timeout")
+
+
+@dataclass
+class PipeConfig:
+    """``pipes.<id>``: one source feeding one sender."""
+
+    source: str
+    sender: str
+    audit_interval_sec: float = 600.0  # fusion's session reply overrides both intervals
+    sentinel_interval_sec: float = 120.0
+    session_timeout_seconds: int | None = None  # hint sent on session create
+    error_retry_interval: float = 5.0
+    backoff_multiplier: float = 2.0
+    max_backoff_seconds: float = 60.0
+    max_consecutive_errors: int = 5
+    disabled: bool = False
+    fields_mapping: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class AgentConfig:
+    logging: str = "INFO"
+    log_format: str | None = None
+    log_dir: str | None = None
+    fs_scan_workers: int = 4
+    agent_id: str | None = None
+    status_interval_sec: float = 10.0
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    senders: dict[str, SenderConfig] = field(default_factory=dict)
+    pipes: dict[str, PipeConfig] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # files read, in merge order
+    origin: dict[str, str] = field(default_factory=dict)  # "pipes.<id>" -> defining file
+    ignored: list[str] = field(default_factory=list)  # "file: dotted.key" accepted but unused
+    warnings: list[str] = field(default_factory=list)
+
+    def pipes_in_file(self, file: str | Path) -> list[str]:
+        """Ids of the pipes (finally) defined by ``file`` — for ``start <file>``."""
+        want = Path(file).expanduser().resolve()
+        return [pid for pid in self.pipes
+                if Path(self.origin.get(f"pipes.{pid}", COMMAND_LINE)).resolve() == want]
+
+
+def _fs_root(s: _Section) -> str:
+    raw = s.get("uri", str, _REQUIRED)
+    path = raw
+    if raw.lower().startswith("file://"):
+        host, _, rest = raw[len("file://"):].partition("/")
+        if host not in ("", "localhost"):
+            raise ConfigError(f"{s.where('uri')}: {raw!r} names another host; watch a local "
+                              "or mounted path instead")
+        path = unquote("/" + rest)
+    if not os.path.isabs(path):
+        raise ConfigError(f"{s.where('uri')}: {raw!r} is not an absolute path; write the "
+                          "full path of the tree, e.g. /data/projects")
+    return os.path.normpath(path)
+
+
+def _source(s: _Section) -> SourceConfig:
+    driver = s.get("driver", str, _REQUIRED, choices=SOURCE_DRIVERS)
+    uri = _fs_root(s)
+    params = s.child("driver_params")
+    for name, (kind, _default, minimum) in _FS_PARAMS.items():
+        params.get(name, kind, None, minimum)
+    params.done()
+    # "credential" is left unmarked, so it is listed as ignored
+    return SourceConfig(driver=driver, uri=uri, credential=s.data.get("credential"),
+                        max_queue_size=s.get("max_queue_size", int, 1000, 1),
+                        disabled=s.get("disabled", bool, False),
+                        driver_params=dict(params.data))
+
+
+def _sender(s: _Section) -> SenderConfig:
+    driver = s.get("driver", str, _REQUIRED, choices=SENDER_DRIVERS)
+    uri = s.get("uri", str, _REQUIRED).strip()
+    parts = urlsplit(uri)
+    try:
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{s.where('uri')}: {uri!r} is not an http(s) URL; write fusion's "
+                          "receiver address, e.g. http://fusion-host:8102")
+    cred = s.data.get("credential")
+    if isinstance(cred, str):
+        cred = {"key": s.get("credential", str, None)}
+    elif cred is not None:
+        if not isinstance(cred, dict):
+            raise ConfigError(f"{s.where('credential')}: expected {{key: <api key>}}, "
+                              f"got {cred!r}")
+        sub = s.child("credential")
+        sub.get("key", str, None)
+        sub.get("api_key", str, None)
+        sub.done()
+        cred = dict(cred)
+    s.used.add("credential")
+    params = s.child("driver_params")
+    params.get("timeout", float, None, 0.001)
+    params.done()
+    return SenderConfig(driver=driver, uri=uri.rstrip("/"), credential=cred,
+                        batch_size=s.get("batch_size", int, 1000, 1),
+                        timeout_sec=s.get("timeout_sec", float, 30.0, 0.001),
+                        disabled=s.get("disabled", bool, False), driver_params=dict(params.data))
+
+
+def _pipe(s: _Section) -> PipeConfig:
+    mapping = s.items("fields_mapping")
+    for i, item in enumerate(mapping):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{s.where(f'fields_mapping[{i}]')}: expected a mapping "
+                              f"{{to: ..., source: [...]}}, got {item!r}")
+    return PipeConfig(
+        source=s.get("source", str, _REQUIRED), sender=s.get("sender", str, _REQUIRED),
+        audit_interval_sec=s.get("audit_interval_sec", float, 600.0, 0),
+        sentinel_interval_sec=s.get("sentinel_interval_sec", float, 120.0, 0),
+        session_timeout_seconds=s.get("session_timeout_seconds", int, None, 0) or None,
+        error_retry_interval=s.get("error_retry_interval", float, 5.0, 0),
+        backoff_multiplier=s.get("backoff_multiplier", float, 2.0, 1),
+        max_backoff_seconds=s.get("max_backoff_seconds", float, 60.0, 0),
+        max_consecutive_errors=s.get("max_consecutive_errors", int, 5, 1),
+        disabled=s.get("disabled", bool, False),
+        fields_mapping=[dict(m) for m in mapping])
+
+
+_SECTIONS = {"sources": _source, "senders": _sender, "pipes": _pipe}
+_GLOBALS: dict[str, tuple[type, float | None]] = {
+    "fs_scan_workers": (int, 1), "agent_id": (str, None), "status_interval_sec": (float, 0.001)}
+
+
+def _globals(s: _Section, out: dict[str, Any]) -> None:
+    """The global keys one file sets, into ``out`` (a later file overwrites)."""
+    for key, (kind, minimum) in _GLOBALS.items():
+        if s.data.get(key) is not None:
+            out[key] = s.get(key, kind, None, minimum)
+    if "agent_id" in out and s.data.get("agent_id") is not None:
+        out["agent_id"] = out["agent_id"].strip()
+        if not out["agent_id"] or ":" in out["agent_id"]:
+            raise ConfigError(f"{s.where('agent_id')}: {out['agent_id']!r} cannot be an agent "
+                              "id (fusion reads it back as the part of the task id before "
+                              "the first ':'); use letters, digits, '.', '-' or '_'")
+    raw = s.data.get("logging")
+    s.used.add("logging")
+    if raw is None:
+        return
+    sub, key = (s.child("logging"), "level") if isinstance(raw, dict) else (s, "logging")
+    level = sub.get(key, str, "INFO").upper()
+    level = "WARNING" if level == "WARN" else level
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{sub.where(key)}: unknown log level {level!r} "
+                          f"(use one of: {', '.join(LOG_LEVELS)})")
+    out.update(logging=level, log_format=None, log_dir=None)
+    if sub is not s:
+        out.update(log_format=sub.get("format", str, None), log_dir=sub.get("dir", str, None))
+        sub.done()
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML syntax error{at}: "
+                          f"{getattr(exc, 'problem', None) or exc}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+
+
+def _config_files(target: Path | None) -> list[Path]:
+    home_dir = fustor_home() / CONFIG_DIR
+    target = home_dir if target is None else Path(target).expanduser()
+    if target.is_dir():
+        return sorted((p for p in target.iterdir() if p.suffix in (".yaml", ".yml")
+                       and not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
+    if target.is_file():
+        return [target]
+    if target == home_dir:
+        return []  # nothing configured yet
+    raise ConfigError(f"{target}: no such config file or directory; check the path or "
+                      f"FUSTOR_HOME (default directory: {home_dir})")
+
+
+def _merge(cfg: AgentConfig, file: str, data: Any, found: dict[str, Any]) -> None:
+    top = _Section(data, "", file, cfg.ignored)
+    for section, parse in _SECTIONS.items():
+        if section not in top.data:
+            continue
+        entries = top.child(section)
+        for ident in list(entries.data):
+            if not isinstance(ident, str) or not ident:
+                raise ConfigError(f"{file}: {section}.{ident!r}: ids must be non-empty "
+                                  "strings; put the id in quotes")
+            item = parse(sec := entries.child(ident))
+            sec.done()
+            if ident in (table := getattr(cfg, section)):
+                _warn(cfg, f"{file}: {section}.{ident} replaces the definition from "
+                      f"{cfg.origin[f'{section}.{ident}']}")
+            table[ident] = item
+            cfg.origin[f"{section}.{ident}"] = file
+    _globals(top, found)
+    top.done()
+
+
+def _build(documents: list[tuple[str, Any]]) -> AgentConfig:
+    cfg = AgentConfig()
+    found: dict[str, Any] = {}
+    for file, data in documents:
+        cfg.files.append(file)
+        _merge(cfg, file, data, found)
+    for key, value in found.items():
+        setattr(cfg, key, value)
+    for src in cfg.sources.values():
+        src.default_scan_workers = cfg.fs_scan_workers
+    _check(cfg)
+    return cfg
+
+
+def load_agent_config(target: Path | None = None) -> AgentConfig:
+    """Read, merge and check the agent config; raise ConfigError on anything broken.
+
+    ``target`` None means ``fustor_home()/agent-config/`` (missing: empty config); a
+    directory means its ``*.yaml`` and ``*.yml`` files in file-name order; a file, that file.
+    """
+    return _build([(str(p), _read_yaml(p)) for p in _config_files(target)])
+
+
+def _warn(cfg: AgentConfig, message: str) -> None:
+    cfg.warnings.append(message)
+    log.warning("config: %s", message)
+
+
+def _check(cfg: AgentConfig) -> None:
+    """Checks that need the whole merged config: references, pairs, advice."""
+    def at(section: str, ident: str) -> str:
+        return f"{cfg.origin.get(f'{section}.{ident}', COMMAND_LINE)}: {section}.{ident}"
+
+    for pid, pipe in cfg.pipes.items():
+        if pipe.source not in cfg.sources:
+            raise _unknown_ref(f"{at('pipes', pid)}.source", pipe.source, "source",
+                               cfg.sources, "fix the name or add it under sources:")
+        if pipe.sender not in cfg.senders:
+            raise _unknown_ref(f"{at('pipes', pid)}.sender", pipe.sender, "sender",
+                               cfg.senders, "fix the name or add it under senders:")
+    pairs: dict[tuple[str, str], str] = {}
+    for pid, pipe in enabled_pipes(cfg).items():
+        other = pairs.setdefault((pipe.source, pipe.sender), pid)
+        if other != pid:
+            raise ConfigError(f"{at('pipes', pid)}: same source {pipe.source!r} and sender "
+                              f"{pipe.sender!r} as pipes.{other} (defined in "
+                              f"{cfg.origin.get(f'pipes.{other}', COMMAND_LINE)}); they would "
+                              "send the same files twice, so remove or disable one")
+    for section in _SECTIONS:
+        for ident in getattr(cfg, section):
+            if not ID_RE.match(ident) or len(ident) > ID_MAX_LEN:
+                _warn(cfg, f"{at(section, ident)}: id is not URL-safe; prefer lower-case "
+                      f"letters, digits, '-' and '_' (at most {ID_MAX_LEN} characters)")
+    for sid, src in cfg.sources.items():
+        mode = src.driver_params.get("startup_mode")
+        if mode is not None and mode not in STARTUP_MODES:
+            _warn(cfg, f"{at('sources', sid)}.driver_params.startup_mode: {mode!r} is not "
+                  "known, so the snapshot runs as usual (only 'message-only' skips it)")
+        if not src.disabled and not os.path.isdir(src.uri):
+            _warn(cfg, f"{at('sources', sid)}.uri: {src.uri} is not a directory (yet); "
+                  "the pipe will fail until it exists")
+    for sid, snd in cfg.senders.items():
+        if not snd.disabled and not snd.api_key:
+            _warn(cfg, f"{at('senders', sid)}.credential: no key, so fusion will refuse "
+                  "sessions (401); add credential: {key: <agent key>}")
+
+
+def enabled_pipes(cfg: AgentConfig) -> dict[str, PipeConfig]:
+    """Pipes that run: the pipe, its source and its sender all enabled. Start and reload
+    both use this, so they never disagree about which pipes exist (§16.12)."""
+    out: dict[str, PipeConfig] = {}
+    for pid, pipe in cfg.pipes.items():
+        src, snd = cfg.sources.get(pipe.source), cfg.senders.get(pipe.sender)
+        if not pipe.disabled and src and not src.disabled and snd and not snd.disabled:
+            out[pid] = pipe
+    return out
+
+
+def _read_agent_id(path: Path) -> str | None:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the agent id: {exc}; fix the file's "
+                          "permissions or set agent_id: in the config") from None
+    if ":" in value or any(c.isspace() for c in value):
+        raise ConfigError(f"{path}: {value!r} cannot be an agent id (no ':' or spaces); "
+                          "delete the file to get a new id")
+    return value or None
+
+
+def _host_label() -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", socket.gethostname().lower()).strip("-.")
+    return name[:40] or "agent"
+
+
+def resolve_agent_id(cfg: AgentConfig) -> str:
+    """The agent's id: the ``agent_id`` key if set, else the one kept in
+    ``fustor_home()/agent.id``, created on first use as ``<hostname>-<6 hex digits>``.
+
+    Not derived from the IP address (as the original HEAD did): behind NAT and in
+    containers many agents share one address, so their ids — and fusion's lineage and
+    session bookkeeping — collided, and the id changed whenever the address did (§16.18).
+    A bare hostname collides too (cloned VMs, default container names), hence the random
+    suffix; persisting it keeps the id stable across restarts. An id written to the same
+    file by the 0.8.17 agent (a UUID) is kept, so upgraded agents keep their identity.
+    """
+    if cfg.agent_id:
+        return cfg.agent_id
+    path = fustor_home() / AGENT_ID_FILE
+    existing = _read_agent_id(path)
+    if existing:
+        return existing
+    new = f"{_host_label()}-{secrets.token_hex(3)}"
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".agent-id-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(new + "\n")
+        try:
+            os.link(tmp, path)  # create-once: an agent starting concurrently keeps its id
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot store the agent id: {exc}; make FUSTOR_HOME "
+                          "writable or set agent_id: in the config") from None
+    finally:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+    return _read_agent_id(path) or new
+
+
+_PIPE_KEYS = tuple(f.name for f in dataclasses.fields(PipeConfig))[2:]
+_QUICK_ROUTES: dict[str, tuple[str, ...]] = {
+    "top": tuple(_GLOBALS) + ("logging",), "source": ("max_queue_size",),
+    "params": tuple(_FS_PARAMS), "sender": ("batch_size", "timeout_sec"), "pipe": _PIPE_KEYS}
+
+
+def quick_config(watch_dir: Path, fusion_url: str, key: str | None,
+                 **overrides: Any) -> AgentConfig:
+    """The zero-config setup of ``fustor agent start --watch DIR --fusion URL --key KEY``:
+    source ``watch`` → sender ``fusion`` → pipe ``default``.
+
+    ``overrides`` are settings by name, routed to where they belong: pipe settings
+    (``audit_interval_sec``, ``disabled``, ...), sender ``batch_size``/``timeout_sec``,
+    source ``max_queue_size`` and fs ``driver_params`` (``file_pattern``, ...), and the
+    globals (``agent_id``, ``logging``, ``fs_scan_workers``, ``status_interval_sec``).
+    None values are skipped; they are checked exactly like YAML values.
+    """
+    source: dict[str, Any] = {"driver": "fs",
+                              "uri": str(Path(watch_dir).expanduser().absolute())}
+    sender: dict[str, Any] = {"driver": "fusion", "uri": fusion_url}
+    if key:
+        sender["credential"] = {"key": key}
+    pipe: dict[str, Any] = {"source": "watch", "sender": "fusion"}
+    doc: dict[str, Any] = {"sources": {"watch": source}, "senders": {"fusion": sender},
+                           "pipes": {"default": pipe}}
+    params: dict[str, Any] = source.setdefault("driver_params", {})
+    targets = {"top": doc, "source": source, "params": params, "sender": sender, "pipe": pipe}
+    for name, value in overrides.items():
+        route = next((r for r, names in _QUICK_ROUTES.items() if name in names), None)
+        if route is None:
+            known = sorted(n for names in _QUICK_ROUTES.values() for n in names)
+            raise ConfigError(f"{COMMAND_LINE}: {name}: unknown setting; use one of: "
+                              f"{', '.join(known)}")
+        if value is not None:
+            targets[route][name] = value
+    return _build([(COMMAND_LINE, doc)])
+
+
+def config_diff(old: AgentConfig, new: AgentConfig) -> dict[str, Any]:
+    """What a reload must do, over enabled pipes: ``added``, ``removed`` and ``changed``
+    pipe ids (sorted) and ``logging_changed``. A pipe is changed when its own settings, its
+    source's or its sender's settings differ (whatever their ids), or when ``agent_id``
+    changed (its task id changes)."""
+    before, after = enabled_pipes(old), enabled_pipes(new)
+
+    def settings(cfg: AgentConfig, pipe: PipeConfig) -> tuple[Any, ...]:
+        return pipe, cfg.sources[pipe.source], cfg.senders[pipe.sender]
+
+    changed = [pid for pid in after if pid in before and (
+        old.agent_id != new.agent_id or settings(old, before[pid]) != settings(new, after[pid]))]
+    return {"added": sorted(set(after) - set(before)),
+            "removed": sorted(set(before) - set(after)),
+            "changed": sorted(changed),
+            "logging_changed": (old.logging, old.log_format, old.log_dir)
+            != (new.logging, new.log_format, new.log_dir)}
+
+
+EXAMPLE_CONFIG = """\
+# fustor agent config. Every *.yaml and *.yml file in $FUSTOR_HOME/agent-config/ is merged
+# in file-name order, so sources, senders and pipes may live in separate files.
+
+logging: INFO                   # or {level: INFO, format: "...", dir: /var/log/fustor}
+fs_scan_workers: 4              # default scan threads of every fs source
+# agent_id: lab-nas-01          # default: <hostname>-<random>, kept in $FUSTOR_HOME/agent.id
+status_interval_sec: 10.0       # how often the agent's status is refreshed
+
+sources:                        # trees to watch
+  projects:
+    driver: fs
+    uri: /srv/projects          # absolute path (file:///srv/projects works too)
+    max_queue_size: 1000        # realtime events buffered: 100 times this number
+    driver_params:
+      file_pattern: "*"         # only files whose name matches are indexed by scans
+      throttle_interval_sec: 5.0  # files being written report at most this often
+      # max_scan_workers: 8     # overrides fs_scan_workers for this tree
+      # startup_mode: message-only  # skip the initial snapshot
+
+senders:                        # where the metadata goes: fusion's receiver
+  main-fusion:
+    driver: fusion              # "http" means the same
+    uri: http://fusion-host:8102
+    credential: {key: change-me-agent-key}   # the receiver's key for the pipe below
+    batch_size: 1000            # events per request
+    timeout_sec: 30.0           # per request
+
+pipes:                          # a source feeding a sender; one pipe per pair
+  projects:
+    source: projects
+    sender: main-fusion
+    audit_interval_sec: 600.0   # fusion's session reply may replace both intervals
+    sentinel_interval_sec: 120.0
+    # session_timeout_seconds: 30  # ask fusion for this session timeout
+    error_retry_interval: 5.0   # first wait after an error; doubles up to the maximum
+    backoff_multiplier: 2.0
+    max_backoff_seconds: 60.0
+    max_consecutive_errors: 5
+    disabled: false
+"""
+
+
+def dump_example() -> str:
+    """A commented example config that :func:`load_agent_config` accepts."""
+    return EXAMPLE_CONFIG

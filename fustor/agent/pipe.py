@@ -1,0 +1,426 @@
+"""One pipe = one fs source + one fusion sender, run as a small state machine.
+
+    ┌─────────────► no session ── create fails ──► back off (5, 10, 20 … 60 s), retry forever
+    │                   │ created (role from the reply)
+    │                   ▼
+    │   session: heartbeat task (every timeout/3 s: role, commands)
+    │            realtime task  (watcher events → "message" batches, in order, never dropped)
+    │            leader task    (only while leader: snapshot once per session,
+    │                            then audit every audit_interval, sentinel every sentinel_interval)
+    │                   │
+    └── 419 / session lost (new session at once) ── network or 5xx: the same data is retried
+
+Fixes over the original agent: a failed push is retried (not a whole new scan), a
+heartbeat failure never demotes the leader, audit start is signalled before the
+walk and the end sent once, events carry a sequence number (none share a
+millisecond), and walks run in threads so heartbeats are never starved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from fustor.agent.sender_http import (
+    FusionClient, FusionRejectedError, FusionUnavailableError, SenderError,
+    SessionObsoleteError, make_event,
+)
+
+log = logging.getLogger("fustor.agent")
+
+
+@dataclass
+class PipeSettings:
+    batch_size: int = 1000
+    audit_interval_sec: float = 600.0
+    sentinel_interval_sec: float = 120.0
+    session_timeout_seconds: int | None = None
+    error_retry_interval: float = 5.0
+    backoff_multiplier: float = 2.0
+    max_backoff_seconds: float = 60.0
+    startup_mode: str | None = None  # "message-only": no snapshot
+
+    def backoff(self, errors: int) -> float:
+        if errors <= 0:
+            return 0.0
+        return min(self.error_retry_interval * self.backoff_multiplier ** (errors - 1),
+                   self.max_backoff_seconds)
+
+
+_END = object()
+
+
+class _ThreadIter:
+    """Run a blocking generator in a thread; hand its items over through a small queue."""
+
+    def __init__(self, make: Callable[[], Iterator], depth: int = 4) -> None:
+        self._q: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(make,), daemon=True)
+        self._thread.start()
+
+    def _produce(self, make) -> None:
+        try:
+            for item in make():
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._put_final(_END)
+        except BaseException as exc:  # hand the error to the consumer
+            self._put_final(exc)
+
+    def _put_final(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    async def __aiter__(self):
+        try:
+            while True:
+                item = await asyncio.to_thread(self._q.get)
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+
+
+class AgentPipe:
+    def __init__(self, pipe_id: str, task_id: str, source, client: FusionClient,
+                 settings: PipeSettings, *, source_uri: str | None = None,
+                 version: str = "0") -> None:
+        self.pipe_id = pipe_id
+        self.task_id = task_id
+        self.source = source
+        self.client = client
+        self.s = settings
+        self.source_uri = source_uri
+        self.version = version
+        self.session_id: str | None = None
+        self.role: str | None = None
+        self.state = "stopped"
+        self.phase = "idle"
+        self.last_error: str | None = None
+        self.errors = 0
+        self.events_pushed = 0
+        self.rows_pushed = 0
+        self.snapshot_done = False
+        self.snapshot_progress: dict = {}
+        self.started_at = time.time()
+        self.last_realtime_push: float | None = None
+        self._heartbeat_interval = 3.0
+        self._audit_cache: dict[str, float] = {}
+        self._pending_rt: list[dict] = []
+        self._main: asyncio.Task | None = None
+        self._leader: asyncio.Task | None = None
+        self._jobs: set[asyncio.Task] = set()
+        self._role_changed = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        self.state = "starting"
+        await asyncio.to_thread(self.source.start_watch)
+        self._main = asyncio.create_task(self._run(), name=f"pipe:{self.pipe_id}")
+
+    async def stop(self) -> None:
+        self.state = "stopping"
+        for t in [self._main, self._leader, *self._jobs]:
+            if t is not None:
+                t.cancel()
+        for t in [self._main, self._leader, *self._jobs]:
+            if t is not None:
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception):
+                    pass
+        if self.session_id:
+            try:
+                await asyncio.wait_for(self.client.close_session(self.session_id), 5.0)
+            except (SenderError, asyncio.TimeoutError):
+                pass
+            self.session_id = None
+        await asyncio.to_thread(self.source.stop_watch)
+        await self.client.aclose()
+        self.state = "stopped"
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._open_session()
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except SessionObsoleteError as exc:
+                log.info("pipe %s: %s; opening a new session", self.pipe_id, exc)
+                self._drop_session()
+                await asyncio.sleep(0.1)
+            except (FusionUnavailableError, FusionRejectedError, OSError) as exc:
+                self._drop_session()
+                await self._failed(exc)
+            except Exception as exc:  # a pipe never dies of a data-plane error
+                log.exception("pipe %s: unexpected error", self.pipe_id)
+                self._drop_session()
+                await self._failed(exc)
+
+    async def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.state = "backing off"
+        wait = self.s.backoff(self.errors)
+        log.warning("pipe %s: %s (retry %d in %.0f s)", self.pipe_id, self.last_error, self.errors, wait)
+        await asyncio.sleep(wait)
+
+    def _drop_session(self) -> None:
+        self.session_id = None
+        self.role = None
+        if self._leader is not None:
+            self._leader.cancel()
+            self._leader = None
+
+    async def _open_session(self) -> None:
+        self.state = "connecting"
+        reply = await self.client.create_session(self.task_id, self.source_uri,
+                                                 self.s.session_timeout_seconds)
+        self.session_id = reply["session_id"]
+        timeout = float(reply.get("session_timeout_seconds") or 30)
+        self._heartbeat_interval = max(0.1, timeout / 3)
+        if reply.get("audit_interval_sec") is not None:
+            self.s.audit_interval_sec = float(reply["audit_interval_sec"])
+        if reply.get("sentinel_interval_sec") is not None:
+            self.s.sentinel_interval_sec = float(reply["sentinel_interval_sec"])
+        self.snapshot_done = False
+        self._audit_cache.clear()
+        if self.errors:
+            log.info("pipe %s: recovered after %d error(s)", self.pipe_id, self.errors)
+        self.errors = 0
+        self.last_error = None
+        self.state = "running"
+        self._set_role(reply.get("role") or "follower")
+        log.info("pipe %s: session %s, role %s", self.pipe_id, self.session_id, self.role)
+
+    def _set_role(self, role: str) -> None:
+        if role == self.role:
+            return
+        self.role = role
+        if role == "leader":
+            self._audit_cache.clear()  # the first audit of a leadership is a full one
+            if self._leader is None or self._leader.done():
+                self._leader = asyncio.create_task(self._leader_duties())
+        elif self._leader is not None:
+            self._leader.cancel()
+            self._leader = None
+
+    async def _session(self) -> None:
+        tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._realtime())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    # -- heartbeat and commands -----------------------------------------------------
+    def agent_status(self) -> dict:
+        return {"agent_id": self.task_id.split(":", 1)[0], "pipe_id": self.pipe_id,
+                "version": self.version, "uptime_seconds": round(time.time() - self.started_at, 1),
+                "state": self.state, "phase": self.phase, "role": self.role,
+                "events_pushed": self.events_pushed, "rows_pushed": self.rows_pushed,
+                "last_error": self.last_error, "is_realtime_ready": self.source.status.get("watching", False),
+                "watch": self.source.status}
+
+    async def _heartbeats(self) -> None:
+        while True:
+            sid = self.session_id
+            try:
+                reply = await self.client.heartbeat(sid, bool(self.source.status.get("watching")),
+                                                    self.agent_status())
+            except FusionUnavailableError as exc:  # keep the role; the lease may still hold
+                self.last_error = f"heartbeat: {exc}"
+                await asyncio.sleep(min(self._heartbeat_interval, 1.0))
+                continue
+            self._set_role(reply.get("role") or self.role or "follower")
+            for cmd in reply.get("commands") or []:
+                self._command(cmd)
+            await asyncio.sleep(self._heartbeat_interval)
+
+    def _command(self, cmd: dict) -> None:
+        kind = cmd.get("type")
+        if kind == "scan":
+            t = asyncio.create_task(self._scan(cmd.get("path") or "/", bool(cmd.get("recursive", True)),
+                                               cmd.get("job_id")))
+            self._jobs.add(t)
+            t.add_done_callback(self._jobs.discard)
+        elif kind == "reload_config":
+            os.kill(os.getpid(), signal.SIGHUP)
+        elif kind == "stop_pipe":
+            if cmd.get("agent_pipe_id", cmd.get("pipe_id")) == self.pipe_id:
+                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop()))
+        elif kind == "report_status":
+            log.info("pipe %s status: %s", self.pipe_id, self.agent_status())
+        else:
+            log.info("pipe %s: ignoring unknown command %r", self.pipe_id, kind)
+
+    # -- pushing ----------------------------------------------------------------------
+    async def _push(self, events: list[dict], phase: str, *, is_end: bool = False,
+                    metadata: dict | None = None) -> None:
+        """Push until fusion accepts it; only a lost session ends the attempt."""
+        tries = 0
+        while True:
+            try:
+                await self.client.push(self.session_id, events, phase, is_end=is_end, metadata=metadata)
+                break
+            except (FusionUnavailableError, FusionRejectedError) as exc:
+                tries += 1
+                self.last_error = f"push {phase}: {exc}"
+                wait = exc.retry_after or self.s.backoff(tries)
+                log.warning("pipe %s: %s (retry in %.1f s)", self.pipe_id, self.last_error, wait)
+                await asyncio.sleep(wait)
+        self.events_pushed += len(events)
+        self.rows_pushed += sum(len(e["rows"]) for e in events)
+
+    async def _realtime(self) -> None:
+        while True:
+            if not self._pending_rt:
+                self._pending_rt = await asyncio.to_thread(self.source.drain, self.s.batch_size, 0.2)
+            if not self._pending_rt:
+                continue
+            events = [make_event(e["rows"], "realtime", e["event_type"], e.get("seq", -1))
+                      for e in self._pending_rt]
+            await self._push(events, "realtime")
+            self._pending_rt = []
+            self.last_realtime_push = time.time()
+            if self.source.status.get("overflowed") and self.role == "leader":
+                self.source.clear_overflow()
+                self.snapshot_done = False  # events were lost to overflow: walk again
+                self._role_changed.set()
+
+    # -- leader duties ----------------------------------------------------------------
+    async def _leader_duties(self) -> None:
+        """Snapshot, audits and sentinel sweeps; a lost session is noticed by the other tasks."""
+        while True:
+            try:
+                await self._leader_loop()
+            except SessionObsoleteError:
+                return
+            except Exception as exc:  # never die: report and try again later
+                log.exception("pipe %s: leader duty failed", self.pipe_id)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(self.s.backoff(1))
+
+    async def _leader_loop(self) -> None:
+        next_audit = time.monotonic() + self.s.audit_interval_sec
+        next_sentinel = time.monotonic() + self.s.sentinel_interval_sec
+        while True:
+            if not self.snapshot_done:
+                await self._snapshot()
+            now = time.monotonic()
+            if self.s.audit_interval_sec > 0 and now >= next_audit:
+                await self._audit()
+                next_audit = time.monotonic() + self.s.audit_interval_sec
+            if self.s.sentinel_interval_sec > 0 and now >= next_sentinel:
+                await self._sentinel()
+                next_sentinel = time.monotonic() + self.s.sentinel_interval_sec
+            self._role_changed.clear()
+            try:
+                await asyncio.wait_for(self._role_changed.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _walk_and_push(self, make: Callable[[], Iterator], phase: str,
+                             on_item: Callable | None = None) -> int:
+        n = 0
+        t0 = time.monotonic()
+        async for item in _ThreadIter(make):
+            rows = item
+            if on_item is not None:
+                rows = on_item(item)
+            if rows:
+                await self._push([make_event(rows, phase)], phase)
+                n += len(rows)
+                el = time.monotonic() - t0
+                self.snapshot_progress = {"phase": phase, "rows": n, "elapsed_s": round(el, 1),
+                                          "rows_per_s": round(n / el) if el > 0 else 0}
+        return n
+
+    async def _snapshot(self) -> None:
+        self.phase = "snapshot"
+        n = 0
+        if self.s.startup_mode != "message-only":
+            n = await self._walk_and_push(self.source.snapshot, "snapshot")
+        await self._push([], "snapshot", is_end=True)
+        self.snapshot_done = True
+        self.phase = "realtime"
+        log.info("pipe %s: snapshot complete, %d rows", self.pipe_id, n)
+
+    async def _audit(self) -> None:
+        self.phase = "audit"
+        try:
+            await self.client.audit_start()
+        except FusionRejectedError:
+            pass  # a fusion without the explicit start infers it from the first audit row
+        cache_updates: dict[str, float] = {}
+
+        def take(item):
+            rows, upd = item
+            cache_updates.update(upd)
+            return rows
+
+        try:
+            await self._walk_and_push(lambda: self.source.audit(dict(self._audit_cache)), "audit", take)
+        finally:
+            await self._push([], "audit", is_end=True)
+            self._audit_cache.update(cache_updates)
+            self.phase = "realtime"
+
+    async def _sentinel(self) -> None:
+        try:
+            tasks = await self.client.sentinel_tasks()
+        except (FusionUnavailableError, FusionRejectedError):
+            return
+        paths = tasks.get("paths") or []
+        if not paths:
+            return
+        updates = await asyncio.to_thread(self.source.stat_paths, paths)
+        if updates:
+            try:
+                await self.client.sentinel_feedback(updates)
+            except (FusionUnavailableError, FusionRejectedError) as exc:
+                self.last_error = f"sentinel: {exc}"
+
+    async def _scan(self, path: str, recursive: bool, job_id: str | None) -> None:
+        try:
+            await self._scan_once(path, recursive, job_id)
+        except SenderError as exc:
+            self.last_error = f"scan {path}: {exc}"
+        except Exception:
+            log.exception("pipe %s: on-demand scan of %s failed", self.pipe_id, path)
+
+    async def _scan_once(self, path: str, recursive: bool, job_id: str | None) -> None:
+        await self._walk_and_push(lambda: self.source.scan_path(path, recursive), "on_demand_job")
+        meta = {"scan_path": path}
+        if job_id:
+            meta["job_id"] = job_id
+        await self._push([], "job_complete", metadata=meta)

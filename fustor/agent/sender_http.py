@@ -1,0 +1,136 @@
+"""The agent's HTTP client for fusion's receiver (the 0.8.17 wire protocol).
+
+Errors are sorted by what the pipe must do:
+
+    SenderError
+    ├── SessionObsoleteError   419, or a heartbeat answering status "error": open a new session
+    ├── FusionUnavailableError network error, timeout, 429/5xx: back off and retry the same data
+    └── FusionRejectedError    other 4xx (bad key, bad payload): back off, report, retry later
+
+The transport is injectable (httpx's MockTransport / ASGITransport in tests).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from fustor.protocol import dumps
+
+PHASE_SOURCE_TYPE = {
+    "snapshot": "snapshot", "realtime": "message", "audit": "audit", "sentinel": "message",
+    "on_demand_job": "on_demand_job", "job_complete": "job_complete",
+}
+
+
+class SenderError(Exception):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class SessionObsoleteError(SenderError):
+    pass
+
+
+class FusionUnavailableError(SenderError):
+    pass
+
+
+class FusionRejectedError(SenderError):
+    pass
+
+
+class FusionClient:
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["X-API-Key"] = api_key
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
+                                       timeout=timeout, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, url: str, body=None) -> dict:
+        try:
+            r = await self._http.request(method, url, content=None if body is None else dumps(body))
+        except httpx.HTTPError as exc:
+            raise FusionUnavailableError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+        if r.status_code == 419:
+            raise SessionObsoleteError(f"{method} {url}: session obsolete ({_detail(r)})", 419)
+        if r.status_code == 429 or r.status_code >= 500:
+            ra = r.headers.get("retry-after")
+            raise FusionUnavailableError(f"{method} {url}: HTTP {r.status_code} ({_detail(r)})",
+                                         r.status_code, float(ra) if ra and _num(ra) else None)
+        if r.status_code >= 400:
+            raise FusionRejectedError(f"{method} {url}: HTTP {r.status_code} ({_detail(r)})", r.status_code)
+        try:
+            data = r.json() if r.content else {}
+        except ValueError:
+            data = {}
+        return data if isinstance(data, dict) else {"data": data}
+
+    async def create_session(self, task_id: str, source_uri: str | None,
+                             timeout_hint: int | None = None) -> dict:
+        body = {"task_id": task_id, "source_type": "fs", "client_info": {"source_uri": source_uri}}
+        if timeout_hint:
+            body["session_timeout_seconds"] = int(timeout_hint)
+        return await self._call("POST", "/api/v1/pipe/session/", body)
+
+    async def heartbeat(self, session_id: str, can_realtime: bool, agent_status: dict | None) -> dict:
+        body = {"can_realtime": can_realtime}
+        if agent_status is not None:
+            body["agent_status"] = agent_status
+        data = await self._call("POST", f"/api/v1/pipe/session/{session_id}/heartbeat", body)
+        if data.get("status") == "error":
+            raise SessionObsoleteError(f"heartbeat: {data.get('message')}")
+        return data
+
+    async def close_session(self, session_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/pipe/session/{session_id}")
+
+    async def push(self, session_id: str, events: list[dict], phase: str, *, is_end: bool = False,
+                   metadata: dict | None = None) -> dict:
+        body = {"session_id": session_id, "events": events,
+                "source_type": PHASE_SOURCE_TYPE.get(phase, "message"), "is_end": is_end}
+        if metadata is not None:
+            body["metadata"] = metadata
+        return await self._call("POST", f"/api/v1/pipe/ingest/{session_id}/events", body)
+
+    async def audit_start(self) -> dict:
+        return await self._call("POST", "/api/v1/pipe/consistency/audit/start")
+
+    async def audit_end(self) -> dict:
+        return await self._call("POST", "/api/v1/pipe/consistency/audit/end")
+
+    async def sentinel_tasks(self) -> dict:
+        return await self._call("GET", "/api/v1/pipe/consistency/sentinel/tasks")
+
+    async def sentinel_feedback(self, updates: list[dict]) -> dict:
+        return await self._call("POST", "/api/v1/pipe/consistency/sentinel/feedback",
+                                {"type": "suspect_update", "updates": updates})
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        d = r.json()
+        return str(d.get("detail", d)) if isinstance(d, dict) else str(d)
+    except ValueError:
+        return r.text[:200]
+
+
+def _num(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def make_event(rows: list[dict], message_source: str, event_type: str = "update", index: int = -1) -> dict:
+    """One wire event; ``fields`` lists the keys of the first row, as agents always did."""
+    return {"event_type": event_type, "event_schema": "fs", "table": "files",
+            "fields": list(rows[0]) if rows else [], "rows": rows, "index": index,
+            "message_source": message_source}
