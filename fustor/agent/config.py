@@ -1,26 +1,16 @@
 """Agent configuration: which trees to watch and which fusion to send them to.
 
-Where it is read from (:func:`load_agent_config`): by default every ``*.yaml`` *and*
-``*.yml`` file in ``FUSTOR_HOME/agent-config/`` (the original agent read only ``*.yaml``,
-so a ``.yml`` file was silently skipped); names starting with ``.`` (editor and temporary
-files) are skipped, and a missing directory is an empty config. A directory argument is
-read the same way; a file argument means that file alone.
-
-Files are merged in file-name order into one namespace: ``sources``, ``senders`` and
-``pipes`` by id (a later id replaces an earlier one, with a warning), so a pipe may name a
-source or sender defined in another file; ``logging``, ``fs_scan_workers``, ``agent_id``
-and ``status_interval_sec`` come from the last file that sets them.
-
-Nothing broken is half-applied: YAML errors, wrong types, missing required keys, dangling
-references and two pipes sharing a (source, sender) pair raise
-:class:`~fustor.errors.ConfigError` as ``<file>: <dotted.key>: <problem>; <fix>``. Keys we
-do not use (``max_retries``, a source ``credential``, ...) are accepted, so a config written
-for the original 0.8.17 agent loads unchanged, and are listed in ``AgentConfig.ignored``.
-
-Settings the original parsed and then ignored are honoured (agent spec §16.11):
-``fs_scan_workers`` is the default ``max_scan_workers`` of every fs source; a sender's
-``batch_size`` and ``timeout_sec`` are used; ``logging.format`` and ``logging.dir`` are kept
-for the logging set-up, and :func:`config_diff` reports logging changes to a reload.
+:func:`load_agent_config` reads every ``*.yaml`` *and* ``*.yml`` file of
+``FUSTOR_HOME/agent-config/`` (the original read only ``*.yaml``, silently skipping ``.yml``;
+dot-files are skipped; a missing directory is an empty config), or a given directory, or one
+file. Files are merged in file-name order into one namespace: ``sources``, ``senders`` and
+``pipes`` by id (a later id replaces an earlier one, with a warning; references may cross
+files); ``logging``, ``fs_scan_workers``, ``agent_id`` and ``status_interval_sec`` come from
+the last file setting them. Anything broken raises ConfigError
+``<file>: <dotted.key>: <problem>; <fix>``; keys we do not use are accepted (a 0.8.17 config
+loads unchanged) and listed in ``AgentConfig.ignored``. Settings the original parsed and
+ignored are honoured (§16.11): ``fs_scan_workers`` (default ``max_scan_workers`` of fs
+sources), sender ``batch_size`` and ``timeout_sec``, ``logging.format`` and ``logging.dir``.
 """
 
 from __future__ import annotations
@@ -31,7 +21,6 @@ import os
 import re
 import secrets
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,16 +28,9 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from fustor.config import (
-    ID_MAX_LEN,
-    ID_RE,
-    LOG_LEVELS,
-    _REQUIRED,
-    _convert,
-    _Section,
-    _unknown_ref,
-    fustor_home,
-)
+from fustor.config import _REQUIRED as REQUIRED
+from fustor.config import ID_MAX_LEN, ID_RE, LOG_LEVELS, _convert, _Section, fustor_home
+from fustor.config import _unknown_ref as unknown_ref
 from fustor.errors import ConfigError
 
 log = logging.getLogger("fustor.agent.config")
@@ -95,9 +77,8 @@ class SourceConfig:
     def _param(self, name: str) -> Any:
         kind, default, _ = _FS_PARAMS[name]
         value = self.driver_params.get(name)
-        if value is None:
-            return default
-        return _convert(kind, value, f"sources.<source>.driver_params.{name}")
+        where = f"sources.<source>.driver_params.{name}"
+        return default if value is None else _convert(kind, value, where)
 
     @property
     def file_pattern(self) -> str:
@@ -108,12 +89,12 @@ class SourceConfig:
         return self._param("throttle_interval_sec")
 
     @property
-    def max_scan_workers(self) -> int:
-        return self._param("max_scan_workers") or self.default_scan_workers
-
-    @property
     def min_monitoring_window_days(self) -> float:
         return self._param("min_monitoring_window_days")
+
+    @property
+    def max_scan_workers(self) -> int:
+        return self._param("max_scan_workers") or self.default_scan_workers
 
     @property
     def startup_mode(self) -> str | None:
@@ -137,23 +118,16 @@ class SenderConfig:
     @property
     def api_key(self) -> str | None:
         """The ``X-API-Key`` to send: ``credential.key``, else ``credential.api_key``."""
-        cred = self.credential
-        if isinstance(cred, str):
-            return cred or None
-        if isinstance(cred, dict):
-            for name in ("key", "api_key"):
-                if cred.get(name):
-                    return str(cred[name])
-        return None
+        cred = self.credential if isinstance(self.credential, dict) else {"key": self.credential}
+        return next((str(cred[n]) for n in ("key", "api_key") if cred.get(n)), None)
 
     @property
     def timeout(self) -> float:
-        """HTTP timeout: ``driver_params.timeout`` (what 0.8.17 used) if set, else
+        """HTTP timeout: ``driver_params.timeout`` (what 0.8.17 read) if set, else
         ``timeout_sec``."""
         value = self.driver_params.get("timeout")
-        if value is None:
-            return self.timeout_sec
-        return _convert(float, value, "senders.<sender>.driver_params.timeout")
+        where = "senders.<sender>.driver_params.timeout"
+        return self.timeout_sec if value is None else _convert(float, value, where)
 
 
 @dataclass
@@ -180,7 +154,7 @@ class AgentConfig:
     log_dir: str | None = None
     fs_scan_workers: int = 4
     agent_id: str | None = None
-    status_interval_sec: float = 10.0
+    status_interval_sec: float = 10.0  # ours: how often the agent status is refreshed
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     senders: dict[str, SenderConfig] = field(default_factory=dict)
     pipes: dict[str, PipeConfig] = field(default_factory=dict)
@@ -197,14 +171,8 @@ class AgentConfig:
 
 
 def _fs_root(s: _Section) -> str:
-    raw = s.get("uri", str, _REQUIRED)
-    path = raw
-    if raw.lower().startswith("file://"):
-        host, _, rest = raw[len("file://"):].partition("/")
-        if host not in ("", "localhost"):
-            raise ConfigError(f"{s.where('uri')}: {raw!r} names another host; watch a local "
-                              "or mounted path instead")
-        path = unquote("/" + rest)
+    raw = s.get("uri", str, REQUIRED)
+    path = unquote(raw[7:]) if raw.lower().startswith("file://") else raw  # file:///x -> /x
     if not os.path.isabs(path):
         raise ConfigError(f"{s.where('uri')}: {raw!r} is not an absolute path; write the "
                           "full path of the tree, e.g. /data/projects")
@@ -212,7 +180,7 @@ def _fs_root(s: _Section) -> str:
 
 
 def _source(s: _Section) -> SourceConfig:
-    driver = s.get("driver", str, _REQUIRED, choices=SOURCE_DRIVERS)
+    driver = s.get("driver", str, REQUIRED, choices=SOURCE_DRIVERS)
     uri = _fs_root(s)
     params = s.child("driver_params")
     for name, (kind, _default, minimum) in _FS_PARAMS.items():
@@ -226,30 +194,19 @@ def _source(s: _Section) -> SourceConfig:
 
 
 def _sender(s: _Section) -> SenderConfig:
-    driver = s.get("driver", str, _REQUIRED, choices=SENDER_DRIVERS)
-    uri = s.get("uri", str, _REQUIRED).strip()
+    driver = s.get("driver", str, REQUIRED, choices=SENDER_DRIVERS)
+    uri = s.get("uri", str, REQUIRED).strip()
     parts = urlsplit(uri)
-    try:
-        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        ok = False
-    if not ok:
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{s.where('uri')}: {uri!r} is not an http(s) URL; write fusion's "
                           "receiver address, e.g. http://fusion-host:8102")
     cred = s.data.get("credential")
-    if isinstance(cred, str):
+    if isinstance(cred, str):  # a bare key
         cred = {"key": s.get("credential", str, None)}
     elif cred is not None:
-        if not isinstance(cred, dict):
-            raise ConfigError(f"{s.where('credential')}: expected {{key: <api key>}}, "
-                              f"got {cred!r}")
-        sub = s.child("credential")
-        sub.get("key", str, None)
-        sub.get("api_key", str, None)
-        sub.done()
+        sub = s.child("credential")  # raises unless it is a mapping
+        sub.get("key", str, None), sub.get("api_key", str, None), sub.done()
         cred = dict(cred)
-    s.used.add("credential")
     params = s.child("driver_params")
     params.get("timeout", float, None, 0.001)
     params.done()
@@ -266,7 +223,7 @@ def _pipe(s: _Section) -> PipeConfig:
             raise ConfigError(f"{s.where(f'fields_mapping[{i}]')}: expected a mapping "
                               f"{{to: ..., source: [...]}}, got {item!r}")
     return PipeConfig(
-        source=s.get("source", str, _REQUIRED), sender=s.get("sender", str, _REQUIRED),
+        source=s.get("source", str, REQUIRED), sender=s.get("sender", str, REQUIRED),
         audit_interval_sec=s.get("audit_interval_sec", float, 600.0, 0),
         sentinel_interval_sec=s.get("sentinel_interval_sec", float, 120.0, 0),
         session_timeout_seconds=s.get("session_timeout_seconds", int, None, 0) or None,
@@ -288,12 +245,11 @@ def _globals(s: _Section, out: dict[str, Any]) -> None:
     for key, (kind, minimum) in _GLOBALS.items():
         if s.data.get(key) is not None:
             out[key] = s.get(key, kind, None, minimum)
-    if "agent_id" in out and s.data.get("agent_id") is not None:
-        out["agent_id"] = out["agent_id"].strip()
-        if not out["agent_id"] or ":" in out["agent_id"]:
-            raise ConfigError(f"{s.where('agent_id')}: {out['agent_id']!r} cannot be an agent "
-                              "id (fusion reads it back as the part of the task id before "
-                              "the first ':'); use letters, digits, '.', '-' or '_'")
+    if s.data.get("agent_id") is not None:
+        out["agent_id"] = aid = out["agent_id"].strip()
+        if not aid or ":" in aid:  # fusion takes the agent id as the task id's part before ":"
+            raise ConfigError(f"{s.where('agent_id')}: {aid!r} cannot be an agent id; use "
+                              "letters, digits, '.', '-' or '_' (no ':')")
     raw = s.data.get("logging")
     s.used.add("logging")
     if raw is None:
@@ -391,12 +347,10 @@ def _check(cfg: AgentConfig) -> None:
         return f"{cfg.origin.get(f'{section}.{ident}', COMMAND_LINE)}: {section}.{ident}"
 
     for pid, pipe in cfg.pipes.items():
-        if pipe.source not in cfg.sources:
-            raise _unknown_ref(f"{at('pipes', pid)}.source", pipe.source, "source",
-                               cfg.sources, "fix the name or add it under sources:")
-        if pipe.sender not in cfg.senders:
-            raise _unknown_ref(f"{at('pipes', pid)}.sender", pipe.sender, "sender",
-                               cfg.senders, "fix the name or add it under senders:")
+        for kind, table in (("source", cfg.sources), ("sender", cfg.senders)):
+            if (ref := getattr(pipe, kind)) not in table:
+                raise unknown_ref(f"{at('pipes', pid)}.{kind}", ref, kind, table,
+                                   f"fix the name or add it under {kind}s:")
     pairs: dict[tuple[str, str], str] = {}
     for pid, pipe in enabled_pipes(cfg).items():
         other = pairs.setdefault((pipe.source, pipe.sender), pid)
@@ -472,25 +426,17 @@ def resolve_agent_id(cfg: AgentConfig) -> str:
     if existing:
         return existing
     new = f"{_host_label()}-{secrets.token_hex(3)}"
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".agent-id-", dir=path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # create once
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(new + "\n")
-        try:
-            os.link(tmp, path)  # create-once: an agent starting concurrently keeps its id
-        except FileExistsError:
-            pass
-        except OSError:  # no hard links on this file system
-            os.replace(tmp, path)
+    except FileExistsError:  # another agent process won the race: use its id
+        return _read_agent_id(path) or new
     except OSError as exc:
         raise ConfigError(f"{path}: cannot store the agent id: {exc}; make FUSTOR_HOME "
                           "writable or set agent_id: in the config") from None
-    finally:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-    return _read_agent_id(path) or new
+    return new
 
 
 _PIPE_KEYS = tuple(f.name for f in dataclasses.fields(PipeConfig))[2:]
@@ -501,24 +447,17 @@ _QUICK_ROUTES: dict[str, tuple[str, ...]] = {
 
 def quick_config(watch_dir: Path, fusion_url: str, key: str | None,
                  **overrides: Any) -> AgentConfig:
-    """The zero-config setup of ``fustor agent start --watch DIR --fusion URL --key KEY``:
-    source ``watch`` → sender ``fusion`` → pipe ``default``.
-
-    ``overrides`` are settings by name, routed to where they belong: pipe settings
-    (``audit_interval_sec``, ``disabled``, ...), sender ``batch_size``/``timeout_sec``,
-    source ``max_queue_size`` and fs ``driver_params`` (``file_pattern``, ...), and the
-    globals (``agent_id``, ``logging``, ``fs_scan_workers``, ``status_interval_sec``).
-    None values are skipped; they are checked exactly like YAML values.
-    """
-    source: dict[str, Any] = {"driver": "fs",
-                              "uri": str(Path(watch_dir).expanduser().absolute())}
-    sender: dict[str, Any] = {"driver": "fusion", "uri": fusion_url}
-    if key:
-        sender["credential"] = {"key": key}
-    pipe: dict[str, Any] = {"source": "watch", "sender": "fusion"}
-    doc: dict[str, Any] = {"sources": {"watch": source}, "senders": {"fusion": sender},
-                           "pipes": {"default": pipe}}
-    params: dict[str, Any] = source.setdefault("driver_params", {})
+    """The config of ``fustor agent start --watch DIR --fusion URL --key KEY``: source
+    ``watch`` → sender ``fusion`` → pipe ``default``. ``overrides`` name any pipe setting,
+    sender ``batch_size``/``timeout_sec``, source ``max_queue_size``, an fs driver param or
+    a global (``agent_id``, ``logging``, ...); None values are skipped, the rest is checked
+    like YAML values."""
+    params: dict[str, Any] = {}
+    source = {"driver": "fs", "uri": str(Path(watch_dir).expanduser().absolute()),
+              "driver_params": params}
+    sender = {"driver": "fusion", "uri": fusion_url, "credential": {"key": key} if key else None}
+    pipe = {"source": "watch", "sender": "fusion"}
+    doc = {"sources": {"watch": source}, "senders": {"fusion": sender}, "pipes": {"default": pipe}}
     targets = {"top": doc, "source": source, "params": params, "sender": sender, "pipe": pipe}
     for name, value in overrides.items():
         route = next((r for r, names in _QUICK_ROUTES.items() if name in names), None)
@@ -553,43 +492,37 @@ def config_diff(old: AgentConfig, new: AgentConfig) -> dict[str, Any]:
 EXAMPLE_CONFIG = """\
 # fustor agent config. Every *.yaml and *.yml file in $FUSTOR_HOME/agent-config/ is merged
 # in file-name order, so sources, senders and pipes may live in separate files.
+logging: INFO               # or {level: INFO, format: "...", dir: /var/log/fustor}
+fs_scan_workers: 4          # default scan threads of every fs source
+# agent_id: lab-nas-01      # default: <hostname>-<random>, kept in $FUSTOR_HOME/agent.id
 
-logging: INFO                   # or {level: INFO, format: "...", dir: /var/log/fustor}
-fs_scan_workers: 4              # default scan threads of every fs source
-# agent_id: lab-nas-01          # default: <hostname>-<random>, kept in $FUSTOR_HOME/agent.id
-status_interval_sec: 10.0       # how often the agent's status is refreshed
-
-sources:                        # trees to watch
+sources:                    # trees to watch
   projects:
     driver: fs
-    uri: /srv/projects          # absolute path (file:///srv/projects works too)
-    max_queue_size: 1000        # realtime events buffered: 100 times this number
+    uri: /srv/projects      # absolute path (file:///srv/projects works too)
+    max_queue_size: 1000    # realtime events buffered: 100 times this number
     driver_params:
-      file_pattern: "*"         # only files whose name matches are indexed by scans
-      throttle_interval_sec: 5.0  # files being written report at most this often
-      # max_scan_workers: 8     # overrides fs_scan_workers for this tree
-      # startup_mode: message-only  # skip the initial snapshot
+      file_pattern: "*"     # scans index only the files whose name matches
+      throttle_interval_sec: 5.0   # a file being written is reported at most this often
+      # max_scan_workers: 8        # instead of fs_scan_workers, for this tree
+      # startup_mode: message-only # no initial snapshot
 
-senders:                        # where the metadata goes: fusion's receiver
+senders:                    # fusion's receiver
   main-fusion:
-    driver: fusion              # "http" means the same
+    driver: fusion          # "http" means the same
     uri: http://fusion-host:8102
-    credential: {key: change-me-agent-key}   # the receiver's key for the pipe below
-    batch_size: 1000            # events per request
-    timeout_sec: 30.0           # per request
+    credential: {key: change-me-agent-key}
+    batch_size: 1000        # events per request
+    timeout_sec: 30.0
 
-pipes:                          # a source feeding a sender; one pipe per pair
+pipes:                      # one source feeding one sender; one pipe per pair
   projects:
     source: projects
     sender: main-fusion
-    audit_interval_sec: 600.0   # fusion's session reply may replace both intervals
+    audit_interval_sec: 600.0      # fusion's session reply may replace both intervals
     sentinel_interval_sec: 120.0
-    # session_timeout_seconds: 30  # ask fusion for this session timeout
-    error_retry_interval: 5.0   # first wait after an error; doubles up to the maximum
-    backoff_multiplier: 2.0
-    max_backoff_seconds: 60.0
-    max_consecutive_errors: 5
-    disabled: false
+    error_retry_interval: 5.0      # wait after an error, times backoff_multiplier each
+    max_backoff_seconds: 60.0      # time up to this
 """
 
 

@@ -21,11 +21,12 @@ Sources: ``realtime`` (stream of truth) and the compensation sources ``snapshot`
 Upstream quirks (spec §15) and what we do:
 
 1. Realtime always wins over the tree, even with an older mtime: kept.
-2. The tombstone gate applies to every source, realtime included; a realtime
-   re-create with mtime <= the deletion watermark (+1e-5) is dropped: kept. Note
-   the cost: the watermark lags the wall clock by a whole-second skew only, so a
-   path deleted and re-created faster than the pipeline delivers the delete
-   (``git checkout``) can stay hidden until a newer mtime or the tombstone purge.
+2. Changed: upstream's tombstone gate also drops a *realtime* re-create whose mtime
+   is not above the deletion watermark, which hides real files (``rm f; touch f``,
+   ``git checkout`` within the skew). Realtime events of one agent arrive in order,
+   so a realtime upsert after a realtime delete is newer by construction: it passes
+   the gate and lifts the tombstone. Stat-walk rows (snapshot, audit, on-demand)
+   are still gated, which is what tombstones are for.
 3. ``audit_skipped`` rows bypass the mtime guard (a silent dir may regress its
    mtime): kept; the row is a fresh stat.
 4. A dropped non-silent dir row leaves a stale ``audit_skipped``: kept (it only
@@ -333,11 +334,11 @@ class _Event:
         is_dir, size, ctime = fields
         if audit and self.has_del:
             w.discard_blind("deletions", path)  # seen again, whatever the rules decide
-        # Rule 1: tombstone gate, every source.
+        # Rule 1: tombstone gate (stat-walk rows; realtime lifts the tombstone).
         if self.has_tombs:
             ts = w.tombstone(path)
             if ts is not None:
-                if mtime > ts[0] + TEPS:
+                if mtime > ts[0] + TEPS or src == "realtime":
                     w.delete_tombstone(path)  # reincarnation
                 else:
                     if audit:

@@ -39,6 +39,9 @@ def serve_options(fn):
         click.option("-p", "--port", type=int, default=None,
                      help="Main port (query API) [default: from config, 8101]."),
         click.option("-V", "--verbose", is_flag=True, help="Debug logging."),
+        click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     default=None, help="Also run an agent in this process that indexes DIR into "
+                     "the first view (one command to index a directory and serve it)."),
     ]):
         fn = opt(fn)
     return fn
@@ -47,9 +50,9 @@ def serve_options(fn):
 @fusion.command()
 @serve_options
 @friendly
-def serve(data_dir, config_path, host, port, verbose) -> None:
+def serve(data_dir, config_path, host, port, verbose, watch_dir) -> None:
     """Run fusion in the foreground until Ctrl-C or SIGTERM (SIGHUP reloads the config)."""
-    _serve(data_dir, config_path, host, port, verbose)
+    _serve(data_dir, config_path, host, port, verbose, watch_dir)
 
 
 @fusion.command()
@@ -57,13 +60,13 @@ def serve(data_dir, config_path, host, port, verbose) -> None:
 @click.option("-D", "--daemon", is_flag=True,
               help="Run in the background; output goes to $FUSTOR_HOME/logs/fusion.log.")
 @friendly
-def start(data_dir, config_path, host, port, verbose, daemon) -> None:
+def start(data_dir, config_path, host, port, verbose, watch_dir, daemon) -> None:
     """Start fusion (in the foreground unless -D); same options as `serve`."""
     from fustor.config import fustor_home
     from fustor.pidfile import running_pid, spawn_detached, wait_for_pid_file
 
     if not daemon:
-        return _serve(data_dir, config_path, host, port, verbose)
+        return _serve(data_dir, config_path, host, port, verbose, watch_dir)
     home = fustor_home()
     pid = running_pid(home / "fusion.pid")
     if pid is not None:
@@ -71,7 +74,7 @@ def start(data_dir, config_path, host, port, verbose, daemon) -> None:
         return
     args = ["fusion", "serve"]
     for flag, value in (("--data", data_dir), ("--config", config_path), ("--host", host),
-                        ("--port", port)):
+                        ("--port", port), ("--watch", watch_dir)):
         if value is not None:
             args += [flag, str(value)]
     if verbose:
@@ -119,7 +122,7 @@ def status() -> None:
 
 
 def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
-           port: int | None, verbose: bool) -> None:
+           port: int | None, verbose: bool, watch_dir: Path | None = None) -> None:
     from fustor.config import default_config, fustor_home, load_fusion_config
     from fustor.fusion.core import Fusion
     from fustor.fusion.server import serve as run
@@ -152,10 +155,39 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
                        f"http://127.0.0.1:{port}/api/v1/views/default/stats")
 
     loader = (lambda: load_fusion_config(config_path)) if config_path else None
-    asyncio.run(run(f, host, port, on_ready=ready, load_config=loader,
+    companion = _embedded_agent(cfg, port, watch_dir) if watch_dir else None
+    asyncio.run(run(f, host, port, on_ready=ready, load_config=loader, companion=companion,
                     pid_file=fustor_home() / "fusion.pid" if os.environ.get("FUSTOR_PID_FILE", "1") == "1" else None))
 
 
 def _level(value) -> int:
     name = value.get("level", "INFO") if isinstance(value, dict) else str(value or "INFO")
     return getattr(logging, name.upper(), logging.INFO)
+
+
+def _embedded_agent(cfg, port: int, watch_dir: Path):
+    """An agent in this process that pushes DIR to the first pipe over loopback HTTP."""
+    from fustor.agent.config import quick_config
+    from fustor.agent.daemon import Agent
+
+    pipe_id = next(iter(cfg.pipes), None)
+    if pipe_id is None:
+        raise FustorError("--watch needs a pipe in the fusion config")
+    receiver = cfg.receivers[cfg.pipes[pipe_id].receiver]
+    key = next((k.key for k in receiver.api_keys if k.pipe_id == pipe_id), None)
+    if key is None:
+        raise FustorError(f"--watch needs an api key of pipe {pipe_id!r} on its receiver")
+    url = f"http://127.0.0.1:{receiver.port}"
+
+    async def run() -> None:
+        agent = Agent(quick_config(watch_dir.resolve(), url, key))
+        click.echo(f"  indexing {watch_dir} into view {cfg.pipes[pipe_id].views[0]!r}")
+        try:
+            await agent.start()
+            import asyncio as _a
+
+            await _a.Event().wait()
+        finally:
+            await agent.stop()
+
+    return run

@@ -24,6 +24,11 @@ class AuthError(FustorError):
     code = "unauthorized"
 
 
+class BadRequestError(FustorError):
+    status = 422
+    code = "invalid_payload"
+
+
 class NotReadyError(FustorError):
     status = 503
     code = "view_not_ready"
@@ -143,7 +148,7 @@ class Fusion:
         if sc.kind != "pipe":
             raise ForbiddenError("this key is a query key; agents need a receiver (ingest) key")
         if sc.id not in self.pipes:
-            raise FustorError(f"Pipe {sc.id} not found or not enabled") from None
+            raise BadRequestError(f"Pipe {sc.id} not found or not enabled; check its receiver and views")
         return sc.id
 
     def session_of(self, key: str | None, sid: str) -> Session:
@@ -269,7 +274,10 @@ class Fusion:
         views = self._views_for_key(key)
         if body.get("type") != "suspect_update":
             return {"status": "ignored", "reason": "unknown_type"}
-        updates = [u for u in body.get("updates") or [] if isinstance(u, dict)]
+        updates = body.get("updates") or []
+        if not isinstance(updates, list):
+            raise BadRequestError("updates: must be a list of {path, mtime, size?, status?}")
+        updates = [u for u in updates if isinstance(u, dict)]
         for v in views:
             await v.update_suspects(updates)
         return {"status": "processed", "drivers_updated": len(views)}

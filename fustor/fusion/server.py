@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvicorn
@@ -43,8 +43,13 @@ def _receiver_server(fusion: Fusion, host: str, port: int, log_level: str) -> _S
 async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warning",
                 on_ready: Callable[[], None] | None = None,
                 pid_file: Path | None = None,
-                load_config: Callable[[], FusionConfig] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP re-reads the config through ``load_config``."""
+                load_config: Callable[[], FusionConfig] | None = None,
+                companion: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP re-reads the config through ``load_config``.
+
+    ``companion`` (e.g. the embedded agent of ``serve --watch``) runs once the listeners
+    are up and is cancelled at shutdown.
+    """
     main = _Server(uvicorn.Config(create_app(fusion), host=host, port=port, log_level=log_level,
                                   lifespan="on", access_log=False))
     servers = [main]
@@ -96,10 +101,15 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
             pid_file.write_text(str(os.getpid()))
         if on_ready:
             on_ready()
+    side = asyncio.create_task(companion()) if companion and main.started else None
     try:
         while not all(t.done() for t in tasks):  # reload may add receiver tasks
             await asyncio.wait(tasks, return_when=asyncio.ALL_COMPLETED)
     finally:
+        if side is not None:
+            side.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await side
         if pid_file is not None and pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink()
     if not main.started:

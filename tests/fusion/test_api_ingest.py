@@ -208,3 +208,29 @@ async def test_a_name_that_is_not_utf8_round_trips_through_the_api(fusion_app):
         assert rd.get(b"/d/caf\xe9.txt").size == 3
     r = await c.get("/api/v1/views/research/tree", params={"path": "/d"}, headers=Q)
     assert json.loads(r.content)["children"][0]["path"] == "/d/caf\udce9.txt"
+
+
+async def test_a_full_writer_queue_answers_503_with_retry_after_and_loses_nothing(fusion_app):
+    import threading
+
+    f, c = fusion_app
+    sid = (await open_session(c))["session_id"]
+    store = f.views["research"].store
+    gate = threading.Event()
+    blocker = store.submit(lambda w: gate.wait(30))
+    fillers = []
+    try:
+        while True:  # fill the bounded queue behind the blocked writer
+            fillers.append(store.submit(lambda w: None, block=False))
+    except Exception as exc:
+        assert type(exc).__name__ == "StoreBusyError"
+    r = await push(c, sid, batch([event([row("/late.txt")])], is_end=True))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["code"] == "store_busy"
+    gate.set()
+    blocker.result(10)
+    for fu in fillers:
+        fu.result(10)
+    r = await push(c, sid, batch([event([row("/late.txt")])], is_end=True))
+    assert r.status_code == 200
+    st = (await c.get("/api/v1/views/research/stats", headers=Q)).json()
+    assert st["file_count"] == 1

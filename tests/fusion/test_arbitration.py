@@ -123,13 +123,18 @@ def test_tombstone_blocks_older_and_reincarnates_on_newer(view, wall):
     assert view.node("/f").modified_time == 2_500.0
 
 
-def test_tombstone_margin_and_realtime_recreate(view, wall):
+def test_tombstone_margin_and_realtime_recreate_lifts_it(view, wall):
     wall.t = 2_000.0
     view.delete("realtime", "/f")
-    # within the margin: still a zombie, for realtime too (quirk 2)
+    # within the margin a stat-walk row is still a zombie ...
     assert view.upsert("audit", "/f", 2_000.0 + 5e-6).ignored == 1
-    assert view.upsert("realtime", "/f", 2_000.0).ignored == 1
     assert not view.exists("/f")
+    # ... but a realtime re-create (rm f; touch f) comes after the delete by construction:
+    # it is applied even with an mtime at the deletion watermark, and lifts the tombstone
+    assert view.upsert("realtime", "/f", 2_000.0).applied == 1
+    assert view.exists("/f") and view.tombstone("/f") is None
+    view.delete("realtime", "/f")
+    assert view.upsert("snapshot", "/f", 1_000.0).ignored == 1
     assert view.upsert("realtime", "/f", 2_000.0 + 2e-5).applied == 1
     assert view.exists("/f") and view.tombstone("/f") is None
 
@@ -424,7 +429,7 @@ class Model:
             self.samples.append(int(self.wall.t - m))
         ts = self.tombs.get(path)
         if ts is not None:
-            if m > ts + rules.TEPS:
+            if m > ts + rules.TEPS or src == "realtime":  # realtime lifts a tombstone
                 del self.tombs[path]
             else:
                 return

@@ -64,6 +64,10 @@ class FsView:
             self.snapshot_completed_at = r.meta(SNAPSHOT_META)
 
     def close(self) -> None:
+        try:  # the clock samples are saved at most once a second while running
+            self.store.write(lambda w: self.state.save(w, force=True))
+        except Exception:  # closing must not fail; at worst a second of samples is lost
+            pass
         self.store.close()
 
     # -- writes -------------------------------------------------------------------
