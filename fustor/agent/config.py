@@ -350,7 +350,7 @@ def _check(cfg: AgentConfig) -> None:
         for kind, table in (("source", cfg.sources), ("sender", cfg.senders)):
             if (ref := getattr(pipe, kind)) not in table:
                 raise unknown_ref(f"{at('pipes', pid)}.{kind}", ref, kind, table,
-                                   f"fix the name or add it under {kind}s:")
+                                  f"fix the name or add it under {kind}s:")
     pairs: dict[tuple[str, str], str] = {}
     for pid, pipe in enabled_pipes(cfg).items():
         other = pairs.setdefault((pipe.source, pipe.sender), pid)
@@ -390,6 +390,7 @@ def enabled_pipes(cfg: AgentConfig) -> dict[str, PipeConfig]:
 
 
 def _read_agent_id(path: Path) -> str | None:
+    """The stored id; None if there is no file, "" if it is empty."""
     try:
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -400,7 +401,7 @@ def _read_agent_id(path: Path) -> str | None:
     if ":" in value or any(c.isspace() for c in value):
         raise ConfigError(f"{path}: {value!r} cannot be an agent id (no ':' or spaces); "
                           "delete the file to get a new id")
-    return value or None
+    return value
 
 
 def _host_label() -> str:
@@ -428,6 +429,8 @@ def resolve_agent_id(cfg: AgentConfig) -> str:
     new = f"{_host_label()}-{secrets.token_hex(3)}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if existing == "":
+            path.unlink(missing_ok=True)  # an empty leftover: replace it
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # create once
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(new + "\n")

@@ -202,13 +202,14 @@ def test_single_file_target_reads_only_that_file(tmp_path, tree):
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml: YAML syntax error at line 2"):
-        load_text(tmp_path, "pipes:\n  p: [unclosed\n", "bad.yaml")
+        load_text(tmp_path, "pipes:\n\tp: {source: s}\n", "bad.yaml")
 
 
 @pytest.mark.parametrize("text, match", [
     ("- a\n- b\n", r"c\.yaml: top level: expected a mapping"),
     ("sources: [a]\n", r"c\.yaml: sources: expected a mapping"),
     ("pipes:\n  1: {source: s, sender: f}\n", r"c\.yaml: pipes\.1: ids must be non-empty"),
+    ("pipes:\n  off: {source: s, sender: f}\n", r"pipes\.False: .* put the id in quotes"),
 ])
 def test_structure_errors(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
@@ -229,7 +230,7 @@ def test_defaults(tmp_path, tree):
     assert src.queue_bound == 100_000  # max_queue_size 1000 × 100
     assert cfg.senders["f"] == SenderConfig("fusion", "http://fusion:8102", {"key": "k1"})
     assert (cfg.senders["f"].batch_size, cfg.senders["f"].timeout) == (1000, 30.0)
-    assert cfg.pipes["p"] == PipeConfig("p".replace("p", "s"), "f")
+    assert cfg.pipes["p"] == PipeConfig("s", "f")
     pipe = cfg.pipes["p"]
     assert (pipe.audit_interval_sec, pipe.sentinel_interval_sec) == (600.0, 120.0)
     assert (pipe.error_retry_interval, pipe.backoff_multiplier, pipe.max_backoff_seconds,
@@ -259,7 +260,7 @@ def test_strings_numbers_and_booleans_as_yaml_users_write_them(tmp_path, tree):
     ("session_timeout_seconds", "soon", "expected a whole number"),
     ("disabled", "maybe", "expected true or false"),
     ("fields_mapping", "path", "expected a list"),
-    ("fields_mapping", "[path]", r"fields_mapping\[0\]: expected a mapping"),
+    ("fields_mapping", "[path]", "expected a mapping"),
 ])
 def test_wrong_pipe_values_name_file_and_key(tmp_path, tree, key, value, problem):
     with pytest.raises(ConfigError, match=rf"c\.yaml: pipes\.p\.{key}\S*: {problem}"):
@@ -449,11 +450,10 @@ def test_two_enabled_pipes_with_one_pair_are_an_error(tmp_path, tree):
 
 
 def test_enabled_pipes_needs_pipe_source_and_sender_enabled(tmp_path, tree):
-    base = one_pipe(tree).split("pipes:")[0]
-    cfg = load_text(tmp_path, base + f"""\
+    cfg = load_text(tmp_path, f"""\
         sources:
           s: {{driver: fs, uri: '{tree}'}}
-          off: {{driver: fs, uri: '{tree}', disabled: true}}
+          paused: {{driver: fs, uri: '{tree}', disabled: true}}
         senders:
           f: {{driver: fusion, uri: 'http://f', credential: {{key: k}}}}
           g: {{driver: fusion, uri: 'http://g', credential: {{key: k}}}}
@@ -461,22 +461,9 @@ def test_enabled_pipes_needs_pipe_source_and_sender_enabled(tmp_path, tree):
         pipes:
           ok: {{source: s, sender: f}}
           pipe-off: {{source: s, sender: g, disabled: true}}
-          source-off: {{source: off, sender: f}}
+          source-off: {{source: paused, sender: f}}
           sender-off: {{source: s, sender: dead}}
-        """.replace(" " * 8, "") if False else textwrap.dedent(f"""\
-        sources:
-          s: {{driver: fs, uri: '{tree}'}}
-          off: {{driver: fs, uri: '{tree}', disabled: true}}
-        senders:
-          f: {{driver: fusion, uri: 'http://f', credential: {{key: k}}}}
-          g: {{driver: fusion, uri: 'http://g', credential: {{key: k}}}}
-          dead: {{driver: fusion, uri: 'http://d', disabled: true}}
-        pipes:
-          ok: {{source: s, sender: f}}
-          pipe-off: {{source: s, sender: g, disabled: true}}
-          source-off: {{source: off, sender: f}}
-          sender-off: {{source: s, sender: dead}}
-        """))
+        """)
     assert list(cfg.pipes) == ["ok", "pipe-off", "source-off", "sender-off"]
     assert list(enabled_pipes(cfg)) == ["ok"]
 
@@ -521,14 +508,24 @@ def test_agent_id_file_with_colon_is_an_error(home):
 def test_empty_agent_id_file_is_replaced(home):
     home.mkdir()
     (home / "agent.id").write_text("\n")
-    # O_EXCL create fails because the file exists; the empty file yields a fresh id
-    assert resolve_agent_id(AgentConfig())
+    new = resolve_agent_id(AgentConfig())
+    assert new and (home / "agent.id").read_text().strip() == new
 
 
-def test_agent_id_that_cannot_be_stored_is_an_error(tmp_path, monkeypatch):
+def test_agent_id_that_cannot_be_stored_is_an_error(home, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("fustor.agent.config.os.open", refuse)
+    with pytest.raises(ConfigError, match=r"agent\.id: cannot store the agent id: .*"
+                                          r"Permission denied; .*set agent_id"):
+        resolve_agent_id(AgentConfig())
+
+
+def test_agent_id_that_cannot_be_read_is_an_error(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv("FUSTOR_HOME", str(tmp_path / "file" / "home"))
-    with pytest.raises(ConfigError, match=r"cannot store the agent id.*set agent_id"):
+    monkeypatch.setenv("FUSTOR_HOME", str(tmp_path / "file"))  # a file, not a directory
+    with pytest.raises(ConfigError, match=r"agent\.id: cannot read the agent id"):
         resolve_agent_id(AgentConfig())
 
 
@@ -581,36 +578,45 @@ def test_quick_config_without_key_warns(tree):
 # --------------------------------------------------------------------------- diff for reload
 
 
+DIFF_OLD = """\
+    sources:
+      s: {{driver: fs, uri: '{tree}'}}
+      t: {{driver: fs, uri: '{tree}'}}
+    senders:
+      f: {{driver: fusion, uri: 'http://f', credential: {{key: k}}}}
+      g: {{driver: fusion, uri: 'http://g', credential: {{key: k}}}}
+    pipes:
+      keep: {{source: s, sender: f}}
+      via-t: {{source: t, sender: f}}
+      via-g: {{source: s, sender: g}}
+      gone: {{source: t, sender: g}}
+    """
+DIFF_NEW = """\
+    logging: DEBUG
+    sources:
+      s: {{driver: fs, uri: '{tree}'}}
+      t: {{driver: fs, uri: '{tree}', driver_params: {{file_pattern: '*.x'}}}}
+    senders:
+      f: {{driver: fusion, uri: 'http://f', credential: {{key: k}}}}
+      g: {{driver: fusion, uri: 'http://g', credential: {{key: k2}}}}
+    pipes:
+      keep: {{source: s, sender: f}}
+      via-t: {{source: t, sender: f}}
+      via-g: {{source: s, sender: g}}
+      gone: {{source: t, sender: g, disabled: true}}
+      other: {{source: t, sender: g}}
+    """
+
+
 def test_config_diff(tmp_path, tree):
-    base = textwrap.dedent(f"""\
-        sources:
-          s: {{driver: fs, uri: '{tree}'}}
-          t: {{driver: fs, uri: '{tree}'}}
-        senders:
-          f: {{driver: fusion, uri: 'http://f', credential: {{key: k}}}}
-          g: {{driver: fusion, uri: 'http://g', credential: {{key: k}}}}
-        pipes:
-          keep: {{source: s, sender: f}}
-          via-t: {{source: t, sender: f}}
-          via-g: {{source: s, sender: g}}
-          gone: {{source: t, sender: g}}
-        """)
-    old = load_text(tmp_path, base, "old.yaml")
+    old = load_text(tmp_path, DIFF_OLD.format(tree=tree), "old.yaml")
     assert config_diff(old, old) == {"added": [], "removed": [], "changed": [],
                                      "logging_changed": False}
-    new_text = (base.replace("t: {driver: fs, uri: '" + str(tree) + "'}",
-                             "t: {driver: fs, uri: '" + str(tree) + "', "
-                             "driver_params: {file_pattern: '*.x'}}")
-                .replace("g: {driver: fusion, uri: 'http://g', credential: {key: k}}",
-                         "g: {driver: fusion, uri: 'http://g', credential: {key: k2}}")
-                .replace("gone: {source: t, sender: g}", "gone: {source: t, sender: g, "
-                         "disabled: true}\n  new: {source: s, sender: f, disabled: false}")
-                .replace("keep: {source: s, sender: f}", "keep: {source: s, sender: f}\n"
-                         "  other: {source: t, sender: g}")
-                + "logging: DEBUG\n")
-    new_text = new_text.replace("  new: {source: s, sender: f, disabled: false}\n", "")
-    new = load_text(tmp_path, new_text, "new.yaml")
+    new = load_text(tmp_path, DIFF_NEW.format(tree=tree), "new.yaml")
+    # via-t: its source changed; via-g: its sender's key changed; keep: untouched
     assert config_diff(old, new) == {"added": ["other"], "removed": ["gone"],
+                                     "changed": ["via-g", "via-t"], "logging_changed": True}
+    assert config_diff(new, old) == {"added": ["gone"], "removed": ["other"],
                                      "changed": ["via-g", "via-t"], "logging_changed": True}
 
 
@@ -620,6 +626,8 @@ def test_config_diff_pipe_settings_and_agent_id(tmp_path, tree):
     assert config_diff(old, new)["changed"] == ["p"]
     same = load_text(tmp_path, one_pipe(tree) + "unknown: 1\n", "c.yaml")
     assert config_diff(old, same)["changed"] == []  # different files, same settings
+    workers = load_text(tmp_path, one_pipe(tree) + "fs_scan_workers: 9\n", "e.yaml")
+    assert config_diff(old, workers)["changed"] == ["p"]  # its source's scan workers changed
     renamed = load_text(tmp_path, one_pipe(tree) + "agent_id: other\n", "d.yaml")
     assert config_diff(old, renamed)["changed"] == ["p"]
     fmt = load_text(tmp_path, one_pipe(tree) + "logging: {level: INFO, format: '%(message)s'}\n")

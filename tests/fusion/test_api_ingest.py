@@ -216,8 +216,9 @@ async def test_a_full_writer_queue_answers_503_with_retry_after_and_loses_nothin
     f, c = fusion_app
     sid = (await open_session(c))["session_id"]
     store = f.views["research"].store
-    gate = threading.Event()
-    blocker = store.submit(lambda w: gate.wait(30))
+    gate, started = threading.Event(), threading.Event()
+    blocker = store.submit(lambda w: (started.set(), gate.wait(30)))
+    assert started.wait(10)  # the writer now holds the blocker: the queue only fills
     fillers = []
     try:
         while True:  # fill the bounded queue behind the blocked writer

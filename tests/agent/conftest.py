@@ -1,0 +1,55 @@
+"""Fixtures for the fs source: real temp trees, real watchdog, every observer stopped."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from fustor.agent.source_fs import FsSource
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
+
+
+@pytest.fixture
+def make_source():
+    made: list[FsSource] = []
+
+    def make(root, **kw) -> FsSource:
+        src = FsSource(root, **kw)
+        made.append(src)
+        return src
+
+    yield make
+    for src in made:
+        src.stop_watch()
+
+
+def collect(src: FsSource, done: Callable[[list[dict]], bool], timeout: float = 10.0) -> list[dict]:
+    """Drain realtime events until ``done(events so far)`` holds, or fail at the deadline."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got.extend(src.drain(max_events=1000, timeout=0.05))
+        if done(got):
+            return got
+    raise AssertionError(f"condition not met in {timeout}s; events: {got[-20:]!r}")
+
+
+def rows_of(events: list[dict], event_type: str | None = None) -> list[dict]:
+    return [e["rows"][0] for e in events if event_type in (None, e["event_type"])]
+
+
+def has_update(path: str, **fields) -> Callable[[list[dict]], bool]:
+    def check(events):
+        return any(
+            r["path"] == path and all(r.get(k) == v for k, v in fields.items())
+            for r in rows_of(events, "update")
+        )
+    return check
