@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time

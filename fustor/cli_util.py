@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 
 import click
@@ -25,3 +26,16 @@ def friendly(fn):
             sys.exit(1)
 
     return wrapper
+
+
+def setup_logging(value, verbose: bool = False) -> None:
+    """Log level from config (a name or ``{level: ...}``); chatty libraries stay at WARNING."""
+    name = value.get("level", "INFO") if isinstance(value, dict) else str(value or "INFO")
+    level = logging.DEBUG if verbose else getattr(logging, name.upper(), logging.INFO)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "watchdog", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if level > logging.DEBUG else level)

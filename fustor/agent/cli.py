@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import orjson
 
-from fustor.cli_util import friendly
+from fustor.cli_util import friendly, setup_logging
 from fustor.errors import ConfigError, FustorError
 
 
@@ -65,7 +65,7 @@ def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
     """Start the agent with the pipes of CONFIGS (a YAML file or directory; default
     $FUSTOR_HOME/agent-config/), or with --watch DIR --fusion URL --key KEY and no YAML."""
     from fustor.agent.config import quick_config
-    from fustor.agent.daemon import Agent, apply_logging
+    from fustor.agent.daemon import Agent
     from fustor.pidfile import running_pid, spawn_detached, wait_for_pid_file
 
     home = _home()
@@ -100,7 +100,7 @@ def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
         return
     if running:
         raise FustorError(f"an agent is already running with PID {running}; `fustor agent stop` it first")
-    apply_logging(cfg.logging, verbose)
+    setup_logging(cfg.logging, verbose)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     import os
 

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from fustor.agent.config import AgentConfig, config_diff, enabled_pipes, resolve
 from fustor.agent.pipe import AgentPipe, PipeSettings
 from fustor.agent.sender_http import FusionClient
 from fustor.agent.source_fs import FsSource
+from fustor.cli_util import setup_logging
 
 log = logging.getLogger("fustor.agent")
 
@@ -43,8 +43,8 @@ def build_pipe(cfg: AgentConfig, pipe_id: str, agent_id: str, transport=None) ->
     snd = cfg.senders[pc.sender]
     source = FsSource(src.uri, file_pattern=src.file_pattern, scan_workers=src.max_scan_workers,
                       throttle_interval_sec=src.throttle_interval_sec, batch_rows=snd.batch_size,
-                      max_pending_events=max(100_000, src.max_queue_size * 100))
-    client = FusionClient(snd.uri, snd.api_key, timeout=snd.timeout_sec, transport=transport)
+                      max_pending_events=src.queue_bound)
+    client = FusionClient(snd.uri, snd.api_key, timeout=snd.timeout, transport=transport)
     settings = PipeSettings(
         batch_size=snd.batch_size, audit_interval_sec=pc.audit_interval_sec,
         sentinel_interval_sec=pc.sentinel_interval_sec,
@@ -98,7 +98,7 @@ class Agent:
         diff = config_diff(self.cfg, new)
         self.cfg = new
         if diff.get("logging_changed"):
-            apply_logging(new.logging)
+            setup_logging(new.logging)
         for pid in [*diff.get("removed", []), *diff.get("changed", [])]:
             pipe = self.pipes.pop(pid, None)
             if pipe is not None:
@@ -145,22 +145,10 @@ class Agent:
                     on_tick(self.status())
                 try:
                     await asyncio.wait_for(self._stop.wait(), interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             await self.stop()
 
     def request_stop(self) -> None:
         self._stop.set()
-
-
-def apply_logging(value, verbose: bool = False) -> None:
-    name = value.get("level", "INFO") if isinstance(value, dict) else str(value or "INFO")
-    level = logging.DEBUG if verbose else getattr(logging, name.upper(), logging.INFO)
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "watchdog", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if level > logging.DEBUG else level)

@@ -29,8 +29,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fustor.agent.sender_http import (
-    FusionClient, FusionRejectedError, FusionUnavailableError, SenderError,
-    SessionObsoleteError, make_event,
+    FusionClient,
+    FusionRejectedError,
+    FusionUnavailableError,
+    SenderError,
+    SessionObsoleteError,
+    make_event,
 )
 
 log = logging.getLogger("fustor.agent")
@@ -153,7 +157,7 @@ class AgentPipe:
         if self.session_id:
             try:
                 await asyncio.wait_for(self.client.close_session(self.session_id), 5.0)
-            except (SenderError, asyncio.TimeoutError):
+            except (TimeoutError, SenderError):
                 pass
             self.session_id = None
         await asyncio.to_thread(self.source.stop_watch)
@@ -346,7 +350,7 @@ class AgentPipe:
             self._role_changed.clear()
             try:
                 await asyncio.wait_for(self._role_changed.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _walk_and_push(self, make: Callable[[], Iterator], phase: str,

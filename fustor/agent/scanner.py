@@ -35,6 +35,7 @@ import re
 import stat
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
 
@@ -338,24 +339,26 @@ def rechunk(pieces: Iterator[Piece], batch_rows: int) -> Iterator[tuple[list[dic
 
     A piece's cache update travels with the batch holding the piece's last row,
     so a directory is recorded in the cache only together with its last row.
+    Closing this generator closes ``pieces`` at once (the walk's workers stop).
     """
     batch_rows = max(1, batch_rows)
     batch: list[dict] = []
     updates: dict[str, float] = {}
-    for rows, cache in pieces:
-        if not rows:
-            updates.update(cache)
-            continue
-        i = 0
-        while i < len(rows):
-            take = batch_rows - len(batch)
-            batch.extend(rows[i:i + take])
-            i += take
-            if i >= len(rows):
+    with closing(pieces):
+        for rows, cache in pieces:
+            if not rows:
                 updates.update(cache)
-            if len(batch) >= batch_rows:
-                yield batch, updates
-                batch, updates = [], {}
+                continue
+            i = 0
+            while i < len(rows):
+                take = batch_rows - len(batch)
+                batch.extend(rows[i:i + take])
+                i += take
+                if i >= len(rows):
+                    updates.update(cache)
+                if len(batch) >= batch_rows:
+                    yield batch, updates
+                    batch, updates = [], {}
     if batch or updates:
         yield batch, updates
 
@@ -378,23 +381,22 @@ def iter_tree_rows(
     while stack:
         directory, rel = stack.pop()
         try:
+            # One directory open at a time: subdirectories wait on the stack.
             with os.scandir(directory) as listing:
-                entries = list(listing)
+                for entry in listing:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        if not (is_dir or accept(entry.name)):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    child = child_rel(rel, entry.name)
+                    yield entry.path, stat_row(child, st)
+                    if is_dir:
+                        stack.append((entry.path, child))
         except OSError as exc:
             log.warning("cannot list new directory %r: %s", rel, exc)
-            continue
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if not (is_dir or accept(entry.name)):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            child = child_rel(rel, entry.name)
-            yield entry.path, stat_row(child, st)
-            if is_dir:
-                stack.append((entry.path, child))
 
 
 def sentinel_stat(paths: TreePaths, path: str) -> dict | None:

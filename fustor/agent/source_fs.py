@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 from fustor.agent.scanner import (
@@ -83,8 +84,9 @@ class FsSource:
     def snapshot(self) -> Iterator[list[dict]]:
         """Update rows for the whole tree in batches of ``batch_rows`` (the last
         may be shorter); a directory's row comes before its entries' rows."""
-        for rows, _ in self._walk(self.paths.root, workers=self.scan_workers):
-            yield rows
+        with closing(self._walk(self.paths.root, workers=self.scan_workers)) as batches:
+            for rows, _ in batches:
+                yield rows
 
     def audit(self, mtime_cache: dict[str, float]) -> Iterator[tuple[list[dict], dict[str, float]]]:
         """Audit rows (§12.6) with the cache updates that go with them.
@@ -98,7 +100,9 @@ class FsSource:
         directories now and then, §16.7). ``mtime_cache`` is only read.
         """
         cache = dict(mtime_cache)  # the pipe may update its copy while we walk
-        yield from self._walk(self.paths.root, workers=self.scan_workers, mtime_cache=cache)
+        with closing(self._walk(self.paths.root, workers=self.scan_workers,
+                                mtime_cache=cache)) as batches:
+            yield from batches
 
     def scan_path(self, path: str, recursive: bool = True) -> Iterator[list[dict]]:
         """On-demand scan of one path (a view path, or absolute under the root).
@@ -121,8 +125,9 @@ class FsSource:
                 yield [row]
             return
         workers = max(1, self.scan_workers // 2) if recursive else 1
-        for rows, _ in self._walk(full, workers=workers, recursive=recursive):
-            yield rows
+        with closing(self._walk(full, workers=workers, recursive=recursive)) as batches:
+            for rows, _ in batches:
+                yield rows
 
     def stat_paths(self, paths: list[str]) -> list[dict]:
         """Sentinel re-stat (§12.7), in the calling thread: ``exists`` with mtime

@@ -46,6 +46,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from typing import ClassVar
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -76,7 +77,12 @@ WATCHDOG_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 
 
 class RealtimeQueue:
-    """Bounded FIFO of realtime events, each numbered by a strictly increasing ``seq``."""
+    """Bounded FIFO of realtime events, each numbered by a strictly increasing ``seq``.
+
+    A put into a full queue drops the event, counts it and sets ``overflowed``;
+    later events are queued again as soon as there is room (they are still
+    true), and ``overflowed`` stays set until the owner clears it.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
@@ -156,21 +162,24 @@ class Watcher:
             self.root_lost = False
             self.watch_limit_reached = False
             _OverflowTap.register(self)
-            with _FD_LOCK:
-                before = _inotify_fds()
-                observer = Observer()
-                created = _inotify_fds() - before
-            self._inotify_fd = created.pop() if len(created) == 1 else None
-            observer.schedule(_Handler(self), self.paths.root, recursive=True)
+            observer = None
             try:
+                with _FD_LOCK:
+                    before = _inotify_fds()
+                    observer = Observer()
+                    created = _inotify_fds() - before
+                self._inotify_fd = created.pop() if len(created) == 1 else None
+                observer.schedule(_Handler(self), self.paths.root, recursive=True)
                 observer.start()
             except OSError as exc:
-                # Watchdog raises only for the root; it skips subdirectories it
-                # cannot watch, which the probe below catches when the cause is the limit.
+                # Watchdog raises only for the root (or when no inotify instance is
+                # left); it skips subdirectories it cannot watch, which the probe
+                # below catches when the cause is the watch limit.
                 log.error("cannot watch %r: %s; realtime is off, audits must cover it",
                           self.paths.root, exc)
                 self.watch_limit_reached = True
-                _stop_observer(observer)
+                if observer is not None:
+                    _stop_observer(observer)
                 return
             self._observer = observer
             self.watched_dirs = _count_watches(self._inotify_fd)
@@ -299,7 +308,8 @@ class Watcher:
             if new_watches and row["is_directory"]:
                 self.watched_dirs += 1
             self._remember(self._recent, abs_path, RECENT_MAX, RECENT_TTL_SEC)
-            self.events.put("update", row)
+            if not self.events.put("update", row):
+                return  # loss is flagged; the repairing snapshot covers the rest of this tree
 
     def _forget(self, path: str) -> None:
         self._throttle.pop(path, None)
@@ -402,9 +412,9 @@ class _OverflowTap(logging.Handler):
     """Watchdog reports a kernel queue overflow only in its log: turn that into
     ``overflowed`` for every running watcher (the record does not say whose)."""
 
-    _instance: _OverflowTap | None = None
-    _watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
-    _guard = threading.Lock()
+    _instance: ClassVar[_OverflowTap | None] = None
+    _watchers: ClassVar[weakref.WeakSet[Watcher]] = weakref.WeakSet()
+    _guard: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def register(cls, watcher: Watcher) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from fustor.cli_util import friendly
+from fustor.cli_util import friendly, setup_logging
 from fustor.errors import FustorError
 
 
@@ -133,8 +133,7 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
     if config_path is None and cfg_dir.is_dir() and any(cfg_dir.glob("*.y*ml")):
         config_path = cfg_dir
     cfg = load_fusion_config(config_path) if config_path else default_config(data_dir)
-    logging.basicConfig(level=logging.DEBUG if verbose else _level(cfg.logging),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(cfg.logging, verbose)
     for item in getattr(cfg, "ignored", []):
         logging.getLogger("fustor.config").info("ignored config key (not used by this fusion): %s", item)
     host = host or cfg.host
@@ -158,11 +157,6 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
     companion = _embedded_agent(cfg, port, watch_dir) if watch_dir else None
     asyncio.run(run(f, host, port, on_ready=ready, load_config=loader, companion=companion,
                     pid_file=fustor_home() / "fusion.pid" if os.environ.get("FUSTOR_PID_FILE", "1") == "1" else None))
-
-
-def _level(value) -> int:
-    name = value.get("level", "INFO") if isinstance(value, dict) else str(value or "INFO")
-    return getattr(logging, name.upper(), logging.INFO)
 
 
 def _embedded_agent(cfg, port: int, watch_dir: Path):

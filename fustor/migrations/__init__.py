@@ -84,7 +84,7 @@ def migrate_store(path: Path, progress: Callable[[str], None] = lambda s: None) 
                 mod.migrate(src, dest, progress)
                 name = mod.__name__.rsplit(".", 1)[-1]
                 done = dest.write(lambda w: w.meta("migrations", []))
-                dest.write(lambda w: w.put_meta("migrations", [*done, name]))
+                dest.write(lambda w, d=done, n=name: w.put_meta("migrations", [*d, n]))
             finally:
                 dest.close()
         finally:

@@ -238,7 +238,7 @@ class Store:
                     w = TreeWriter(child, self.dbs)
                     result = fn(w)
                     w.flush()
-                except (lmdb.MapFullError,) as exc:
+                except lmdb.MapFullError as exc:
                     child.abort()
                     raise exc
                 except lmdb.Error as exc:

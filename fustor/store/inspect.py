@@ -89,7 +89,7 @@ def verify(store: Store, progress: Callable[[int], None] | None = None) -> list[
             n += 1
             if progress and n % 500_000 == 0:
                 progress(n)
-        for path, is_dir in kinds.items():
+        for path in kinds:
             if path != keys.ROOT:
                 parent = keys.parent_of(path)
                 if kinds.get(parent) is not True:

@@ -134,7 +134,7 @@ class Writer:
                     err = StoreError(f"write failed: {exc}")
                 self._fail(group, err)
                 return
-            for (_fn, fut), (ok, value) in zip(group, results):
+            for (_fn, fut), (ok, value) in zip(group, results, strict=True):
                 if ok:
                     fut.set_result(value)
                 else:

@@ -109,7 +109,7 @@ def build_tree(root: Path, n_files: int = N_FILES, seed: int = 817) -> None:
 def walk_fs(root: Path) -> tuple[dict, dict]:
     """{"/rel": (size, mtime)} for files and {"/rel": mtime} for dirs (root as "/")."""
     files, dirs = {}, {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         rel = "/" + os.path.relpath(dirpath, root).replace(os.sep, "/")
         rel = "/" if rel == "/." else rel
         dirs[rel] = os.stat(dirpath).st_mtime

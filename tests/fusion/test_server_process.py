@@ -126,7 +126,7 @@ def test_zero_config_serve_prints_keys_once_and_keeps_them(tmp_path):
                   "--port", str(port)], tmp_path / "home", tmp_path / f"z{i}.log")
         try:
             wait_http(f"http://127.0.0.1:{port}/", p)
-            wait_until(lambda: "query key" in p.output(), what="the printed keys")
+            wait_until(lambda p=p: "query key" in p.output(), what="the printed keys")
             outputs.append(p.output())
         finally:
             assert p.stop() == 0
