@@ -76,6 +76,14 @@ PROBE_INTERVAL_SEC = 1.0
 WATCHDOG_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 
 
+# Only these reach the handler, and the inotify mask is narrowed to them: no
+# IN_OPEN / IN_CLOSE_NOWRITE from readers, no directory-modified echo per change.
+_WANTED_EVENTS = (
+    FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent,
+    FileMovedEvent, DirMovedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent,
+)
+
+
 class RealtimeQueue:
     """Bounded FIFO of realtime events, each numbered by a strictly increasing ``seq``.
 
@@ -169,7 +177,8 @@ class Watcher:
                     observer = Observer()
                     created = _inotify_fds() - before
                 self._inotify_fd = created.pop() if len(created) == 1 else None
-                observer.schedule(_Handler(self), self.paths.root, recursive=True)
+                observer.schedule(_Handler(self), self.paths.root, recursive=True,
+                                  event_filter=list(_WANTED_EVENTS))
                 observer.start()
             except OSError as exc:
                 # Watchdog raises only for the root (or when no inotify instance is
@@ -220,7 +229,6 @@ class Watcher:
             self._closed(src)
         elif isinstance(event, (FileModifiedEvent, FileAttribEvent)):
             self._modified(src)
-        # Directory modified/attrib, opened and closed-without-write: nothing to send.
 
     def _inside(self, path: str) -> bool:
         if self.paths.inside(path):
