@@ -44,7 +44,8 @@ class Proc:
                                   stdout=self._log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:

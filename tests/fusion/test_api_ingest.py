@@ -235,3 +235,42 @@ async def test_a_full_writer_queue_answers_503_with_retry_after_and_loses_nothin
     assert r.status_code == 200
     st = (await c.get("/api/v1/views/research/stats", headers=Q)).json()
     assert st["file_count"] == 1
+
+
+FANOUT = """
+receivers:
+  main: {driver: http, port: 18888, api_keys: [{key: k-both, pipe_id: both}, {key: k-n1, pipe_id: n1}, {key: k-n2, pipe_id: n2}]}
+views:
+  left: {driver: fs, api_keys: [q]}
+  right: {driver: fs, api_keys: [q2]}
+  shared: {driver: fs, api_keys: [q3]}
+pipes:
+  both: {receiver: main, views: [left, right]}
+  n1: {receiver: main, views: [shared]}
+  n2: {receiver: main, views: [shared]}
+"""
+
+
+async def test_one_pipe_feeds_two_views_and_two_pipes_feed_one_view(tmp_path):
+    import httpx
+
+    from fustor.fusion.app import create_app
+
+    f = make_fusion(tmp_path, FANOUT)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(f)), base_url="http://f") as c:
+        sid = (await open_session(c, {"X-API-Key": "k-both"}, "a:both"))["session_id"]
+        await push(c, sid, batch([event([row("/x", size=3)])], is_end=True), {"X-API-Key": "k-both"})
+        for v in ("left", "right"):  # fan-out: both views got the row and are ready
+            st = (await c.get(f"/api/v1/views/{v}/stats", headers={"X-API-Key": "q"})).json()
+            assert st["file_count"] == 1 and st["total_size"] == 3
+        one = await open_session(c, {"X-API-Key": "k-n1"}, "a:n1")
+        two = await open_session(c, {"X-API-Key": "k-n2"}, "b:n2")
+        assert (one["role"], two["role"]) == ("leader", "follower")  # one election per view
+        for key, sess, path in (("k-n1", one, "/from1"), ("k-n2", two, "/from2")):
+            r = await push(c, sess["session_id"], batch([event([row(path)], source="realtime")],
+                                                        source_type="message"), {"X-API-Key": key})
+            assert r.status_code == 200
+        await push(c, one["session_id"], batch([], is_end=True), {"X-API-Key": "k-n1"})
+        st = (await c.get("/api/v1/views/shared/stats", headers={"X-API-Key": "q3"})).json()
+        assert st["file_count"] == 2
+    await f.stop()

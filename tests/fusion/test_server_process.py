@@ -191,3 +191,32 @@ views:
     assert "stopped" in stopped.stdout
     assert run_cli(["fusion", "status"], home).stdout.strip() == "STOPPED"
     assert "fusion listening" in (home / "logs" / "fusion.log").read_text()
+
+
+def test_bad_input_gets_clear_errors_and_leaves_no_traceback_or_dead_writer(server):
+    proc, url, rurl = server()
+    with httpx.Client(base_url=rurl, headers={"X-API-Key": KEY}, timeout=10) as a, \
+            httpx.Client(base_url=url, headers={"X-API-Key": QKEY}, timeout=10) as q:
+        sid = a.post("/api/v1/pipe/session/", json={"task_id": "h:v"}).json()["session_id"]
+        url_ev = f"/api/v1/pipe/ingest/{sid}/events"
+        raw = {"content-type": "application/json"}
+        answers = [
+            a.post(url_ev, content=b"\xff\xfe not json", headers=raw).status_code,
+            a.post(url_ev, content=b"[1, 2]", headers=raw).status_code,
+            a.post(url_ev, json={"events": [{"event_type": "update"}]}).status_code,
+            a.post(url_ev, json={"events": [rows_event([{"path": "/x", "size": "big"}], "snapshot")]}).status_code,
+            a.post(url_ev, json={"events": [rows_event([{"path": "/a/../../etc"}, {"path": 7}], "snapshot")]}).status_code,
+            a.post("/api/v1/pipe/session/", json={"task_id": ["not", "a", "string"]}).status_code,
+            a.post("/api/v1/pipe/session/", json={"task_id": "x", "session_timeout_seconds": 1.5}).status_code,
+            a.post("/api/v1/pipe/consistency/sentinel/feedback", json={"type": "suspect_update", "updates": 5}).status_code,
+            a.post(f"/api/v1/pipe/session/{sid}/heartbeat", content=b"garbage", headers=raw).status_code,
+            q.get("/api/v1/views/v/tree", params={"max_depth": -1}).status_code,
+            q.get("/api/v1/views/nope/stats").status_code,
+        ]
+        assert answers == [400, 422, 422, 200, 200, 422, 422, 422, 200, 422, 404]
+        good = a.post(url_ev, json={"events": [rows_event([f("/ok", 1.0)], "snapshot")], "source_type": "snapshot",
+                                    "is_end": True})
+        assert good.status_code == 200  # the writer thread is alive and well
+        assert q.get("/api/v1/views/v/stats").json()["file_count"] == 1
+    assert proc.stop() == 0
+    assert "Traceback" not in proc.output()
