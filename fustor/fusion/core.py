@@ -14,6 +14,7 @@ from pathlib import Path
 from fustor.config import FusionConfig, KeyScope, enabled_pipes, resolve_key
 from fustor.errors import FustorError, NotFoundError
 from fustor.fusion.sessions import ForbiddenError, Session, SessionManager
+from fustor.fusion.views.forest import ForestView
 from fustor.fusion.views.fs import FsView
 
 log = logging.getLogger("fustor.fusion")
@@ -43,7 +44,7 @@ class Fusion:
         self.cfg = cfg
         self.data_dir = Path(data_dir)
         self.sessions = SessionManager()
-        self.views: dict[str, FsView] = {}
+        self.views: dict[str, FsView | ForestView] = {}
         self.pipes = enabled_pipes(cfg)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
@@ -55,13 +56,39 @@ class Fusion:
             if not vc.disabled:
                 self.views[vid] = self._open_view(vid, vc)
 
-    def _open_view(self, vid: str, vc) -> FsView:
-        return FsView(
-            vid, self.data_dir / "views" / f"{vid}.lmdb",
-            hot_file_threshold=vc.hot_file_threshold,
-            tombstone_ttl_seconds=vc.tombstone_ttl_seconds,
-            max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items,
-        )
+    def _open_view(self, vid: str, vc) -> FsView | ForestView:
+        params = dict(hot_file_threshold=vc.hot_file_threshold,
+                      tombstone_ttl_seconds=vc.tombstone_ttl_seconds,
+                      max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items)
+        if vc.driver == "forest-fs":
+            return ForestView(vid, self.data_dir / "views" / vid, self._forest_members(vid), **params)
+        return FsView(vid, self.data_dir / "views" / f"{vid}.lmdb", **params)
+
+    def _forest_members(self, vid: str, pipes=None) -> list[str]:
+        return [p for p, pc in (pipes or self.pipes).items() if vid in pc.views]
+
+    def fs_views(self) -> list[FsView]:
+        """Every tree: fs views and the members of forest views."""
+        out: list[FsView] = []
+        for v in self.views.values():
+            out.extend(v.members.values() if isinstance(v, ForestView) else [v])
+        return out
+
+    def keys_of_pipe(self, pipe_id: str) -> list[str]:
+        """Election keys of a pipe: the fs view id, or ``<forest>:<pipe>`` for a forest."""
+        return [self.views[v].member_key(pipe_id) if isinstance(self.views[v], ForestView) else v
+                for v in self.pipes[pipe_id].views if v in self.views]
+
+    def targets(self, pipe_id: str) -> list[FsView]:
+        """The trees a pipe's events go to (a forest member is created on first sight)."""
+        out = []
+        for v in self.pipes[pipe_id].views:
+            view = self.views.get(v)
+            if isinstance(view, ForestView):
+                out.append(view.member(pipe_id))
+            elif view is not None:
+                out.append(view)
+        return out
 
     def reload(self, cfg: FusionConfig) -> dict:
         """Apply a new config: open added views, close removed ones, end the sessions of
@@ -74,6 +101,9 @@ class Fusion:
         for vid in added_views:
             self.views[vid] = self._open_view(vid, wanted[vid])
         for vid, view in self.views.items():
+            if isinstance(view, ForestView) and vid in wanted:
+                view.set_members(self._forest_members(vid, new_pipes))
+                continue
             if vid in wanted:
                 vc = wanted[vid]
                 view.max_tree_items = vc.max_tree_items
@@ -113,6 +143,7 @@ class Fusion:
         self._tasks = []
         for v in self.views.values():
             v.close()
+        self.views.clear()
 
     async def _every(self, interval: float, fn) -> None:
         while True:
@@ -127,7 +158,7 @@ class Fusion:
             log.info("session %s (%s) expired", s.session_id, s.task_id)
 
     async def _sweep(self) -> None:
-        for v in self.views.values():
+        for v in self.fs_views():
             if v.store.queued == 0:
                 with v.store.read() as r:
                     due = r.due_suspects(time.time(), limit=1)
@@ -158,10 +189,7 @@ class Fusion:
             raise ForbiddenError(f"session {sid} belongs to another pipe than this key's")
         return s
 
-    def views_of_pipe(self, pipe_id: str) -> list[FsView]:
-        return [self.views[v] for v in self.pipes[pipe_id].views if v in self.views]
-
-    def view(self, view_id: str) -> FsView:
+    def view(self, view_id: str) -> FsView | ForestView:
         v = self.views.get(view_id)
         if v is None:
             raise NotFoundError(f"view {view_id!r} is not configured")
@@ -174,10 +202,10 @@ class Fusion:
         hint = body.get("session_timeout_seconds")
         info = body.get("client_info") or {}
         s = self.sessions.create(
-            pipe_id, list(pc.views), str(body["task_id"]), hint or pc.session_timeout_seconds,
+            pipe_id, self.keys_of_pipe(pipe_id), str(body["task_id"]), hint or pc.session_timeout_seconds,
             pc.allow_concurrent_push, info.get("source_uri"), client_ip,
         )
-        for v in self.views_of_pipe(pipe_id):
+        for v in self.targets(pipe_id):
             await v.session_start()
         role = self.sessions.role(s)
         log.info("session %s created for %s (pipe %s): %s", s.session_id, s.task_id, pipe_id, role)
@@ -216,7 +244,7 @@ class Fusion:
             return {"status": "ok", "phase": "job_complete"}
         self.sessions.touch(sid)
         events = batch.get("events") or []
-        views = self.views_of_pipe(s.pipe_id)
+        views = self.targets(s.pipe_id)
         applied, rejected = 0, []
         if events:
             self.counters["events_received"] += len(events)
@@ -232,9 +260,10 @@ class Fusion:
         if batch.get("is_end"):
             if source_type == "snapshot":
                 if self.sessions.is_leader(s):
-                    self.sessions.mark_snapshot_complete(s)
+                    led = set(self.sessions.mark_snapshot_complete(s))
                     for v in views:
-                        await v.mark_snapshot_complete()
+                        if v.id in led:
+                            await v.mark_snapshot_complete()
                     out["phase"] = "snapshot_complete"
                 else:
                     log.info("snapshot end from follower session %s ignored", sid)
@@ -247,7 +276,16 @@ class Fusion:
     # -- consistency signals (no session: the key names the pipe) ---------------------
     def _views_for_key(self, key: str | None) -> list[FsView]:
         sc = self.scope(key)
-        return [self.views[v] for v in sc.views if v in self.views]
+        if sc.kind == "pipe" and sc.id in self.pipes:
+            return self.targets(sc.id)
+        out: list[FsView] = []
+        for v in sc.views:
+            view = self.views.get(v)
+            if isinstance(view, ForestView):
+                out.extend(view.members.values())
+            elif view is not None:
+                out.append(view)
+        return out
 
     async def audit_start(self, key: str | None) -> dict:
         views = self._views_for_key(key)

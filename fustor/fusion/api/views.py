@@ -8,6 +8,7 @@ from fastapi.responses import Response
 
 from fustor.fusion.api.ingest import BadPayloadError, json_response, parse
 from fustor.fusion.sessions import ForbiddenError
+from fustor.fusion.views.forest import BadQueryError, ForestView
 
 router = APIRouter(prefix="/api/v1/views/{view_id}")
 
@@ -16,6 +17,15 @@ def _ctx(request: Request, view_id: str):
     f = request.app.state.fusion
     f.scope(request.headers.get("x-api-key"))
     return f, f.view(view_id)
+
+
+def _per_member(v, fn) -> dict:
+    """A forest's answer: the fs answer of each member, keyed by pipe id."""
+    return {pipe: fn(m) for pipe, m in sorted(v.members.items())}
+
+
+BEST = Query(None, description="Forest views: pick the member with the largest "
+             "file_count, total_size, latest_mtime or dir_count")
 
 
 @router.get("/tree")
@@ -29,9 +39,15 @@ async def tree(
     on_demand_scan: bool = Query(False, description="Ask every agent of the view to re-scan path"),
     after: str | None = Query(None, description="Page on: the next_after value of the previous page"),
     limit: int = Query(10_000, ge=1, le=1_000_000, description="Children listed per directory"),
+    best: str | None = BEST,
 ):
-    """A directory (or file) and its children, sorted by name, paginated per directory."""
+    """A directory (or file) and its children, sorted by name, paginated per directory.
+    On a forest view: one tree per member, or only the best member's with ``best``."""
     f, v = _ctx(request, view_id)
+    if isinstance(v, ForestView):
+        return json_response(await run_in_threadpool(
+            v.tree, path, best, recursive=recursive, max_depth=max_depth, only_path=only_path,
+            after=after, limit=limit))
     f.check_ready(v)
     if dry_run:
         return json_response({"message": "dry-run", "view_id": view_id})
@@ -58,9 +74,13 @@ async def tree(
 
 @router.get("/stats")
 async def stats(view_id: str, request: Request,
-                path: str = Query("/", description="Directory whose subtree is counted")):
-    """Subtree counts of path in O(1) (file_count, dir_count, total_size, latest_mtime) and view health."""
+                path: str = Query("/", description="Directory whose subtree is counted"),
+                best: str | None = BEST):
+    """Subtree counts of path in O(1) (file_count, dir_count, total_size, latest_mtime) and view
+    health. On a forest view: one entry per member, and with ``best`` the winner."""
     f, v = _ctx(request, view_id)
+    if isinstance(v, ForestView):
+        return json_response(await run_in_threadpool(v.stats, path, best))
     f.check_ready(v)
     out = await run_in_threadpool(v.stats, path)
     out.update(f.freshness(v))
@@ -72,8 +92,11 @@ async def search(view_id: str, request: Request,
                  pattern: str = Query(..., description="Glob on name or path, or a substring of the name"),
                  path: str = Query("/", description="Search under this directory"),
                  limit: int = Query(1000, ge=1, le=1_000_000)):
-    """Files under path matching pattern, at most limit."""
+    """Files under path matching pattern, at most limit (a forest answers per member)."""
     f, v = _ctx(request, view_id)
+    if isinstance(v, ForestView):
+        return json_response(await run_in_threadpool(
+            _per_member, v, lambda m: m.search(pattern, path, limit)))
     f.check_ready(v)
     return json_response(await run_in_threadpool(v.search, pattern, path, limit))
 
@@ -82,6 +105,8 @@ async def search(view_id: str, request: Request,
 async def blind_spots(view_id: str, request: Request):
     """Changes learned only from audits (no realtime confirmation)."""
     _f, v = _ctx(request, view_id)
+    if isinstance(v, ForestView):
+        return json_response(await run_in_threadpool(_per_member, v, lambda m: m.blind_spots()))
     return json_response(await run_in_threadpool(v.blind_spots))
 
 
@@ -89,6 +114,8 @@ async def blind_spots(view_id: str, request: Request):
 async def suspect_list(view_id: str, request: Request):
     """Files that may still be being written."""
     _f, v = _ctx(request, view_id)
+    if isinstance(v, ForestView):
+        return json_response(await run_in_threadpool(_per_member, v, lambda m: m.suspect_list()))
     return json_response(await run_in_threadpool(v.suspect_list))
 
 
@@ -100,7 +127,11 @@ async def put_suspect_list(view_id: str, request: Request):
     updates = body.get("updates")
     if not isinstance(updates, list):
         raise BadPayloadError("updates: a list of {path, mtime} objects is required")
-    n = await v.update_suspects([u for u in updates if isinstance(u, dict)])
+    items = [u for u in updates if isinstance(u, dict)]
+    trees = list(v.members.values()) if isinstance(v, ForestView) else [v]
+    n = 0
+    for t in trees:
+        n += await t.update_suspects(items)
     return json_response({"view_id": view_id, "updated_count": n, "status": "ok"})
 
 
@@ -108,7 +139,8 @@ async def put_suspect_list(view_id: str, request: Request):
 async def reset(view_id: str, request: Request):
     """Empty the view (tree and all consistency state); agents re-fill it."""
     _f, v = _ctx(request, view_id)
-    await v.reset()
+    for t in list(v.members.values()) if isinstance(v, ForestView) else [v]:
+        await t.reset()
     return Response(status_code=204)
 
 
@@ -155,8 +187,12 @@ async def sessions(view_id: str, request: Request):
     f, _v = _ctx(request, view_id)
     _own_view(f, request, view_id)
     out = []
-    for s in f.sessions.for_key(view_id):
-        role = f.sessions.role(s)
+    forest = isinstance(_v, ForestView)
+    for s in f.sessions.sessions.values():
+        if not any(k == view_id or (forest and k.startswith(view_id + ":")) for k in s.keys):
+            continue
+        role = "leader" if any(f.sessions.leader.get(k) == s.session_id for k in s.keys
+                               if k == view_id or k.startswith(view_id + ":")) else "follower"
         out.append({"session_id": s.session_id, "task_id": s.task_id, "agent_id": s.agent_id,
                     "client_ip": s.client_ip, "source_uri": s.source_uri,
                     "last_activity": s.last_activity, "created_at": s.created_at,
@@ -166,3 +202,23 @@ async def sessions(view_id: str, request: Request):
                     "can_realtime": s.can_realtime, "can_send": True,
                     "events_pushed": s.events_pushed, "agent_status": s.agent_status})
     return json_response({"view_id": view_id, "count": len(out), "active_sessions": out})
+
+
+@router.get("/compare")
+async def compare(
+    view_id: str, request: Request,
+    path: str = Query("/", description="Directory to compare across members"),
+    members: str | None = Query(None, description="Comma-separated pipe ids (default: all)"),
+    mtime: bool = Query(True, description="Also report files whose mtime differs"),
+    recursive: bool = Query(True, description="Descend into subtrees whose aggregates differ"),
+    limit: int = Query(1000, ge=1, le=100_000),
+    after: str | None = Query(None, description="Page on: next_after of the previous page"),
+):
+    """Forest views: what differs between members under path (missing, size, mtime, subtree)."""
+    _f, v = _ctx(request, view_id)
+    if not isinstance(v, ForestView):
+        raise BadQueryError(f"view {view_id!r} is not a forest view; compare needs members")
+    names = [m for m in (members or "").split(",") if m] or None
+    return json_response(await run_in_threadpool(
+        lambda: v.compare(path, members=names, mtime=mtime, recursive=recursive, limit=limit,
+                          after=after)))

@@ -1,0 +1,194 @@
+"""A forest view: one member tree per pipe behind one view, one store file per member.
+
+Each member (``DATA/views/<view>/<pipe>.lmdb``) is a full fs view of its own —
+arbitration, tombstones, suspects, blind spots, audit cycle, clock — with its own
+leader election under the key ``"<view>:<pipe>"``. The forest only answers
+questions across members: per-member stats of a path (and which member is
+"best"), the best member's tree, and ``compare``: what differs between members
+under a directory, descending only into subtrees whose aggregates differ.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+from fustor.errors import FustorError, NotFoundError
+from fustor.fusion.views.fs import FsView, node_json
+from fustor.store import Node, keys
+
+BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
+EPS = 1e-6
+
+
+class BadQueryError(FustorError):
+    status = 400
+    code = "bad_query"
+
+
+class ForestView:
+    driver = "forest-fs"
+
+    def __init__(self, view_id: str, directory: Path, member_pipes: list[str], **params) -> None:
+        self.id = view_id
+        self.dir = Path(directory)
+        self.params = params
+        self.allowed = set(member_pipes)
+        self.members: dict[str, FsView] = {}
+        for pipe in sorted(self.allowed):
+            if (self.dir / f"{pipe}.lmdb").exists():
+                self.member(pipe)
+
+    def member_key(self, pipe_id: str) -> str:
+        return f"{self.id}:{pipe_id}"
+
+    def member(self, pipe_id: str) -> FsView:
+        """The member tree of ``pipe_id``, created on first sight."""
+        m = self.members.get(pipe_id)
+        if m is None:
+            if pipe_id not in self.allowed:
+                raise NotFoundError(f"pipe {pipe_id!r} is not a member of forest view {self.id!r}")
+            m = FsView(self.member_key(pipe_id), self.dir / f"{pipe_id}.lmdb", **self.params)
+            self.members[pipe_id] = m
+        return m
+
+    def set_members(self, member_pipes: list[str]) -> list[str]:
+        """Adopt a new member list (config reload); returns the members closed. Their
+        files stay on disk; adding the pipe back serves them again."""
+        self.allowed = set(member_pipes)
+        gone = [p for p in self.members if p not in self.allowed]
+        for p in gone:
+            self.members.pop(p).close()
+        return gone
+
+    def close(self) -> None:
+        for m in self.members.values():
+            m.close()
+        self.members.clear()
+
+    # -- queries --------------------------------------------------------------------
+    def _check_best(self, best: str | None) -> None:
+        if best is not None and best not in BEST_FIELDS:
+            raise BadQueryError(f"best must be one of {', '.join(BEST_FIELDS)}")
+
+    def stats(self, path: str = "/", best: str | None = None) -> dict:
+        self._check_best(best)
+        p = keys.normalise(path)
+        out = []
+        for pipe, m in sorted(self.members.items()):
+            with m.store.read() as r:
+                s = r.stats(p)
+            if s is None:
+                out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "error",
+                            "message": f"path {path!r} is not in this member"})
+            else:
+                out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "ok", **s.as_dict()})
+        result = {"path": keys.display(p), "members": out, "best": None}
+        if best:
+            ok = [e for e in out if e["status"] == "ok"]
+            if ok:
+                win = max(ok, key=lambda e: (e[best], e["file_count"]))
+                result["best"] = {"fusion_pipe_id": win["fusion_pipe_id"], "view_id": win["view_id"],
+                                  "reason": best, "value": win[best]}
+        return result
+
+    def tree(self, path: str = "/", best: str | None = None, **kw) -> dict:
+        self._check_best(best)
+        if best:
+            winner = self.stats(path, best)["best"]
+            if winner is None:
+                return {"path": path, "members": {}, "error": "no member has this path"}
+            pipe = winner["fusion_pipe_id"]
+            return {"path": path, "best_view_selected": pipe, "best": winner,
+                    "members": {pipe: {"status": "ok", "data": self.members[pipe].tree(path, **kw)}}}
+        out = {}
+        for pipe, m in sorted(self.members.items()):
+            try:
+                out[pipe] = {"status": "ok", "data": m.tree(path, **kw)}
+            except FustorError as exc:
+                out[pipe] = {"status": "error", "error": exc.message}
+        return {"path": path, "members": out}
+
+    def compare(self, path: str = "/", *, members: list[str] | None = None, mtime: bool = True,
+                recursive: bool = True, limit: int = 1000, after: str | None = None) -> dict:
+        """Entries under ``path`` whose presence, size or mtime differ between members.
+
+        Directories are compared by their subtree aggregates (file_count, dir_count,
+        total_size, and latest_mtime when ``mtime``); only differing ones are listed
+        and descended into. Results come in path order; pass ``next_after`` back as
+        ``after`` for the next page.
+        """
+        names = sorted(members or self.members)
+        missing = [n for n in names if n not in self.members]
+        if missing:
+            raise NotFoundError(f"not members of {self.id!r}: {', '.join(missing)}")
+        if len(names) < 2:
+            raise BadQueryError("compare needs at least two members")
+        top = keys.normalise(path)
+        after_parts = keys.normalise(after).split(b"/") if after else None
+        out: list[dict] = []
+        with ExitStack() as stack:
+            readers = {n: stack.enter_context(self.members[n].store.read()) for n in names}
+            tops = {n: r.get(top) for n, r in readers.items()}
+            if not any(tops.values()):
+                raise NotFoundError(f"path {path!r} is in no member")
+            more = self._compare_dir(readers, top, mtime, recursive, limit, after_parts, out)
+        result = {"path": keys.display(top), "members": names, "differences": out,
+                  "next_after": out[-1]["path"] if more and out else None}
+        return result
+
+    def _compare_dir(self, readers: dict, d: bytes, mtime: bool, recursive: bool, limit: int,
+                     after: list[bytes] | None, out: list[dict]) -> bool:
+        """Append differences under ``d``; True when ``limit`` cut the listing short."""
+        kids: dict[bytes, dict[str, Node]] = {}
+        for n, r in readers.items():
+            node = r.get(d)
+            if node is None or not node.is_dir:
+                continue
+            for k in r.iter_children(d):
+                kids.setdefault(k.path, {})[n] = k
+        for p in sorted(kids):
+            parts = p.split(b"/")
+            if after is not None and parts <= after[: len(parts)] and parts != after[: len(parts)]:
+                continue  # this whole subtree comes before the page start
+            have = kids[p]
+            entry = None
+            if len(have) < len(readers) or len({k.is_dir for k in have.values()}) > 1:
+                entry = self._entry(readers, p, have, "missing" if len(have) < len(readers) else "type")
+                descend = False
+            elif next(iter(have.values())).is_dir:
+                aggs = {n: readers[n].stats(p) for n in have}
+                sig = {(s.file_count, s.dir_count, s.total_size, round(s.latest_mtime, 6) if mtime else 0)
+                       for s in aggs.values()}
+                descend = len(sig) > 1
+                if descend:
+                    entry = self._entry(readers, p, have, "subtree", aggs)
+            else:
+                sizes = {k.size for k in have.values()}
+                mts = {round(k.modified_time, 6) for k in have.values()}
+                descend = False
+                if len(sizes) > 1 or (mtime and len(mts) > 1):
+                    entry = self._entry(readers, p, have, "size" if len(sizes) > 1 else "mtime")
+            if entry is not None and (after is None or parts > after):
+                if len(out) >= limit:
+                    return True
+                out.append(entry)
+            if descend and recursive:
+                if self._compare_dir(readers, p, mtime, recursive, limit, after, out):
+                    return True
+        return False
+
+    @staticmethod
+    def _entry(readers: dict, p: bytes, have: dict, why: str, aggs: dict | None = None) -> dict:
+        per = {}
+        for n in readers:
+            k = have.get(n)
+            if k is None:
+                per[n] = None
+                continue
+            j = node_json(k)
+            if aggs is not None:
+                j.update(aggs[n].as_dict())
+            per[n] = j
+        return {"path": keys.display(p), "difference": why,
+                "missing_in": sorted(n for n in readers if n not in have), "members": per}
