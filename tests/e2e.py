@@ -260,6 +260,10 @@ class Cluster:
         """Write ``<name>.yaml`` for ``tree`` and start an agent on it."""
         return self.start_agent(name, [str(self.write_agent_config(name, tree, **kw))])
 
+    def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int:
+        """Stop an agent on purpose (it is no longer checked by :meth:`check_alive`)."""
+        return self.agents.pop(name).stop(sig)
+
     def check_alive(self) -> None:
         for name, p in self.agents.items():
             assert p.alive(), f"agent {name} exited with {p.p.returncode}"

@@ -59,6 +59,7 @@ class PipeSettings:
 
 
 _END = object()
+STOP_WAIT_SEC = 2.0  # how long stop() waits for cancelled tasks (agent.md §6.5)
 
 
 class _ThreadIter:
@@ -136,6 +137,7 @@ class AgentPipe:
         self._leader: asyncio.Task | None = None
         self._jobs: set[asyncio.Task] = set()
         self._role_changed = asyncio.Event()
+        self._lost: asyncio.Future | None = None  # set by a task that saw the session die
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -145,15 +147,17 @@ class AgentPipe:
 
     async def stop(self) -> None:
         self.state = "stopping"
-        for t in [self._main, self._leader, *self._jobs]:
-            if t is not None:
-                t.cancel()
-        for t in [self._main, self._leader, *self._jobs]:
-            if t is not None:
-                try:
-                    await t
-                except (asyncio.CancelledError, Exception):
-                    pass
+        tasks = [t for t in (self._main, self._leader, *self._jobs) if t is not None]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_SEC)
+            for t in done:
+                if not t.cancelled():
+                    t.exception()  # retrieved: a task that failed while stopping is not news
+            if pending:
+                log.warning("pipe %s: %d task(s) did not stop within %.0f s", self.pipe_id,
+                            len(pending), STOP_WAIT_SEC)
         if self.session_id:
             try:
                 await asyncio.wait_for(self.client.close_session(self.session_id), 5.0)
@@ -203,6 +207,7 @@ class AgentPipe:
         reply = await self.client.create_session(self.task_id, self.source_uri,
                                                  self.s.session_timeout_seconds)
         self.session_id = reply["session_id"]
+        self._lost = asyncio.get_running_loop().create_future()
         timeout = float(reply.get("session_timeout_seconds") or 30)
         self._heartbeat_interval = max(0.1, timeout / 3)
         if reply.get("audit_interval_sec") is not None:
@@ -231,13 +236,21 @@ class AgentPipe:
             self._leader.cancel()
             self._leader = None
 
+    def _session_lost(self, exc: SessionObsoleteError) -> None:
+        """A leader duty or a job saw a 419: end the session now, not at the next heartbeat."""
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_exception(exc)
+
     async def _session(self) -> None:
         tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._realtime())]
+        lost = self._lost
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait([*tasks, lost], return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
                 t.result()
         finally:
+            if not lost.done():
+                lost.cancel()
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -327,8 +340,13 @@ class AgentPipe:
         while True:
             try:
                 await self._leader_loop()
-            except SessionObsoleteError:
+            except SessionObsoleteError as exc:
+                self._session_lost(exc)
                 return
+            except SenderError as exc:  # fusion unreachable or refusing: try again later
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("pipe %s: leader duty: %s", self.pipe_id, exc)
+                await asyncio.sleep(self.s.backoff(1))
             except Exception as exc:  # never die: report and try again later
                 log.exception("pipe %s: leader duty failed", self.pipe_id)
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -348,8 +366,11 @@ class AgentPipe:
                 await self._sentinel()
                 next_sentinel = time.monotonic() + self.s.sentinel_interval_sec
             self._role_changed.clear()
+            due = [t for t, on in ((next_audit, self.s.audit_interval_sec > 0),
+                                   (next_sentinel, self.s.sentinel_interval_sec > 0)) if on]
+            wait = min([1.0, *(t - time.monotonic() for t in due)])
             try:
-                await asyncio.wait_for(self._role_changed.wait(), 1.0)
+                await asyncio.wait_for(self._role_changed.wait(), max(0.01, wait))
             except TimeoutError:
                 pass
 
@@ -392,10 +413,17 @@ class AgentPipe:
             cache_updates.update(upd)
             return rows
 
+        cancelled = False
         try:
             await self._walk_and_push(lambda: self.source.audit(dict(self._audit_cache)), "audit", take)
+        except asyncio.CancelledError:
+            # stopping or demoted: no end marker, which could wait forever on a fusion that is
+            # down; the next leader's audit starts over with its own start signal
+            cancelled = True
+            raise
         finally:
-            await self._push([], "audit", is_end=True)
+            if not cancelled:
+                await self._push([], "audit", is_end=True)
             self._audit_cache.update(cache_updates)
             self.phase = "realtime"
 
@@ -417,6 +445,8 @@ class AgentPipe:
     async def _scan(self, path: str, recursive: bool, job_id: str | None) -> None:
         try:
             await self._scan_once(path, recursive, job_id)
+        except SessionObsoleteError as exc:
+            self._session_lost(exc)
         except SenderError as exc:
             self.last_error = f"scan {path}: {exc}"
         except Exception:

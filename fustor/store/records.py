@@ -72,6 +72,12 @@ class Stats:
         }
 
 
+# byte ranges of a node record, for comparing records without decoding them
+NODE_SIZE_AND_MTIME = slice(1, 17)
+NODE_SIZE = slice(1, 9)
+AGG_COUNTS = slice(0, 24)  # file_count, dir_count, total_size (without latest_mtime)
+
+
 def pack_node(n: Node) -> bytes:
     head = NODE.pack(
         n.flags(), n.size, n.modified_time, n.created_time, n.last_updated_at, n.audit_mark

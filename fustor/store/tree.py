@@ -104,6 +104,21 @@ class TreeReader(StateReads):
                 return
             yield unpack_node(k, v)
 
+    def iter_children_raw(self, path: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, record)`` of the direct children, undecoded (for fast comparisons)."""
+        prefix = keys.dir_prefix(path)
+        cur = self.txn.cursor(db=self.dbs.nodes)
+        if not cur.set_range(prefix):
+            return
+        for k, v in cur.iternext():
+            if not k.startswith(prefix):
+                return
+            yield k, v
+
+    def aggregate_raw(self, key: bytes) -> bytes | None:
+        """The undecoded aggregate record of the directory with node key ``key``."""
+        return self.txn.get(key, db=self.dbs.aggregates)
+
     def walk(self, path: bytes, max_depth: int | None = None) -> Iterator[tuple[int, Node]]:
         """``(depth, node)`` pre-order from ``path`` (depth 0), children sorted by name."""
         top = self.get(path)

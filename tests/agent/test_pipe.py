@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,8 @@ class FakeFusion:
     script: dict[str, list] = field(default_factory=dict)
     commands: list[dict] = field(default_factory=list)  # delivered once, by the next heartbeat
     gate: asyncio.Event | None = None  # set: snapshot pushes with events wait for it
+    down: bool = False  # every call is refused
+    hook: Callable[[Call], None] | None = None  # sees each call first (may set ``down``)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -129,6 +132,11 @@ class FakeFusion:
         body = json.loads(request.content) if request.content else {}
         call = Call(time.monotonic(), kind, sid, body)
         self.calls.append(call)
+        if self.hook is not None:
+            self.hook(call)
+        if self.down:
+            call.status = -1
+            raise httpx.ConnectError("[Errno 111] Connection refused")
         resp = self._scripted(call)
         if resp is None:
             if sid is not None and sid in self.obsolete:
@@ -420,6 +428,22 @@ async def test_audit_start_batches_and_exactly_one_end(root, run_pipe):
     assert second and all(r.get("audit_skipped") for r in second)  # nothing changed: silent
 
 
+async def test_stop_mid_audit_with_fusion_down_returns_promptly(root, run_pipe):
+    make_tree(root, dirs=3, files_per_dir=80)
+
+    def fail_from_the_first_audit_batch(call: Call) -> None:
+        if call.source_type == "audit" and call.rows:
+            fake.down = True
+
+    fake = FakeFusion(audit_interval=0.1, hook=fail_from_the_first_audit_batch)
+    pipe = await run_pipe(make_pipe(root, fake.transport()))
+    await until(lambda: len(fake.of("push", status=-1)) >= 3, what="an audit batch refused, retried")
+    t = time.monotonic()
+    await asyncio.wait_for(pipe.stop(), 10)
+    assert time.monotonic() - t < 3.0
+    assert pipe.state == "stopped"
+
+
 # -- the real fusion app, in-process ----------------------------------------------------------
 
 FUSION_YAML = f"""
@@ -446,7 +470,8 @@ async def fusion(tmp_path):
 
 
 def tree_stats(root: Path) -> dict:
-    files = dirs = size = 0
+    """What the view's stats of ``/`` must say (its dir_count counts the root itself)."""
+    files, dirs, size = 0, 1, 0
     for _top, dnames, fnames in os.walk(root):
         dirs += len(dnames)
         for n in fnames:

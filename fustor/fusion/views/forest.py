@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fustor.errors import FustorError, NotFoundError
 from fustor.fusion.views.fs import FsView, node_json
-from fustor.store import Node, keys
+from fustor.store import keys
+from fustor.store.records import AGG_COUNTS, IS_DIR, NODE_SIZE, NODE_SIZE_AND_MTIME, unpack_node
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
 EPS = 1e-6
@@ -139,40 +140,65 @@ class ForestView:
 
     def _compare_dir(self, readers: dict, d: bytes, mtime: bool, recursive: bool, limit: int,
                      after: list[bytes] | None, out: list[dict]) -> bool:
-        """Append differences under ``d``; True when ``limit`` cut the listing short."""
-        kids: dict[bytes, dict[str, Node]] = {}
-        for n, r in readers.items():
-            node = r.get(d)
-            if node is None or not node.is_dir:
+        """Append differences under ``d``; True when ``limit`` cut the listing short.
+
+        Children are grouped by key and compared as raw records (size and mtime bytes
+        of files, aggregate bytes of directories); only differing ones are decoded.
+        """
+        names = list(readers)
+        lists = [list(readers[n].iter_children_raw(d)) for n in names]
+        file_sig = NODE_SIZE_AND_MTIME if mtime else NODE_SIZE
+        agg_sig = slice(0, None) if mtime else AGG_COUNTS
+        total = len(readers)
+        if all(len(x) == len(lists[0]) for x in lists) and all(
+            x[-1][0] == lists[0][-1][0] and x[0][0] == lists[0][0][0] for x in lists if x
+        ):
+            # the usual case: every member lists the same names; compare record bytes in
+            # step and decode nothing for the (many) equal entries
+            kids = {}
+            for row in zip(*lists, strict=True):
+                k0, v0 = row[0]
+                if any(k != k0 for k, _ in row[1:]):
+                    kids = None
+                    break
+                if v0[0] & IS_DIR or any(v[file_sig] != v0[file_sig] or v[0] != v0[0] for _, v in row[1:]):
+                    kids[k0] = {n: v for n, (_, v) in zip(names, row, strict=True)}
+        else:
+            kids = None
+        if kids is None:
+            kids = {}
+            for n, lst in zip(names, lists, strict=True):
+                for k, v in lst:
+                    kids.setdefault(k, {})[n] = v
+        for key in sorted(kids):
+            have = kids[key]
+            p = None
+            flags = {v[0] & IS_DIR for v in have.values()}
+            descend = False
+            why = None
+            if len(have) < total:
+                why = "missing"
+            elif len(flags) > 1:
+                why = "type"
+            elif flags == {IS_DIR}:
+                aggs = {n: readers[n].aggregate_raw(key) for n in have}
+                if len({bytes(a[agg_sig]) for a in aggs.values()}) > 1:
+                    why, descend = "subtree", True
+            elif len({bytes(v[file_sig]) for v in have.values()}) > 1:
+                sizes = {bytes(v[NODE_SIZE]) for v in have.values()}
+                why = "size" if len(sizes) > 1 else "mtime"
+            if why is None:
                 continue
-            for k in r.iter_children(d):
-                kids.setdefault(k.path, {})[n] = k
-        for p in sorted(kids):
+            nodes = {n: unpack_node(key, v) for n, v in have.items()}
+            p = next(iter(nodes.values())).path
             parts = p.split(b"/")
-            if after is not None and parts <= after[: len(parts)] and parts != after[: len(parts)]:
+            if after is not None and parts < after[: len(parts)]:
                 continue  # this whole subtree comes before the page start
-            have = kids[p]
-            entry = None
-            if len(have) < len(readers) or len({k.is_dir for k in have.values()}) > 1:
-                entry = self._entry(readers, p, have, "missing" if len(have) < len(readers) else "type")
-                descend = False
-            elif next(iter(have.values())).is_dir:
-                aggs = {n: readers[n].stats(p) for n in have}
-                sig = {(s.file_count, s.dir_count, s.total_size, round(s.latest_mtime, 6) if mtime else 0)
-                       for s in aggs.values()}
-                descend = len(sig) > 1
-                if descend:
-                    entry = self._entry(readers, p, have, "subtree", aggs)
-            else:
-                sizes = {k.size for k in have.values()}
-                mts = {round(k.modified_time, 6) for k in have.values()}
-                descend = False
-                if len(sizes) > 1 or (mtime and len(mts) > 1):
-                    entry = self._entry(readers, p, have, "size" if len(sizes) > 1 else "mtime")
-            if entry is not None and (after is None or parts > after):
+            if after is None or parts > after:
                 if len(out) >= limit:
                     return True
-                out.append(entry)
+                aggs = ({n: readers[n].stats(p) for n in nodes} if why == "subtree" else None)
+                out.append(self._entry(readers, p, nodes, why, aggs))
             if descend and recursive:
                 if self._compare_dir(readers, p, mtime, recursive, limit, after, out):
                     return True
@@ -180,6 +206,7 @@ class ForestView:
 
     @staticmethod
     def _entry(readers: dict, p: bytes, have: dict, why: str, aggs: dict | None = None) -> dict:
+        """One difference: per member its node (and subtree figures), None where absent."""
         per = {}
         for n in readers:
             k = have.get(n)
