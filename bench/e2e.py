@@ -16,8 +16,8 @@ and measures:
 
 Prints figures; asserts nothing. ``--tree DIR`` keeps the generated tree in DIR and reuses
 it on the next run (same N); otherwise it lives in a temp dir removed at the end. The page
-cache is warm (the tree was just written), so index_seconds is the agent's and fusion's
-cost, not the disk's.
+cache is warm (the tree was just written and synced), so index_seconds is the agent's and
+fusion's cost, not the disk's.
 """
 
 from __future__ import annotations
@@ -92,11 +92,12 @@ def make_tree(root: Path, files: int, workers: int) -> tuple[int, int, list[str]
 
 def count_tree(root: Path) -> tuple[int, int, list[str]]:
     files, dirs, leaves = 0, 0, []
-    for top, dnames, fnames in os.walk(root):
+    for top, _dnames, fnames in os.walk(root):
         dirs += 1
         files += len(fnames)
         if fnames:
-            leaves.append("/" + os.path.relpath(top, root))
+            rel = os.path.relpath(top, root)
+            leaves.append("/" if rel == "." else "/" + rel)
     return files, dirs, leaves
 
 
@@ -311,6 +312,7 @@ def main() -> None:
             t = time.monotonic()
             files, dirs, leaves = make_tree(root, args.files, max(2, os.cpu_count() or 2))
             say(f"  {files:,} files in {dirs:,} directories in {time.monotonic() - t:.1f} s")
+            os.sync()  # the kernel's writeback of the new tree must not compete with indexing
             if args.tree:
                 marker.write_text(str(args.files))
         out["files"] = files

@@ -5,15 +5,18 @@
     │                   ▼
     │   session: heartbeat task (every timeout/3 s: role, commands)
     │            realtime task  (watcher events → "message" batches, in order, never dropped)
-    │            leader task    (only while leader: snapshot once per session,
-    │                            then audit every audit_interval, sentinel every sentinel_interval)
+    │            leader task    (only while leader: snapshot once per session, 3 pushes in
+    │                            flight; then audit every audit_interval, sentinel every
+    │                            sentinel_interval)
     │                   │
-    └── 419 / session lost (new session at once) ── network or 5xx: the same data is retried
+    └── 419 on any call (new session at once) ── network or 5xx: the same data is retried
 
 Fixes over the original agent: a failed push is retried (not a whole new scan), a
 heartbeat failure never demotes the leader, audit start is signalled before the
 walk and the end sent once, events carry a sequence number (none share a
-millisecond), and walks run in threads so heartbeats are never starved.
+millisecond), and walks run in threads so heartbeats are never starved. A 419 seen
+by the leader task or an on-demand scan ends the session at once (not at the next
+heartbeat), and ``stop()`` never waits on a fusion that is down.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class PipeSettings:
     backoff_multiplier: float = 2.0
     max_backoff_seconds: float = 60.0
     startup_mode: str | None = None  # "message-only": no snapshot
+    # snapshot batches awaiting fusion at once: the walk and fusion's commits overlap
+    # (batches carry no order: each is a set of independent rows of one snapshot)
+    snapshot_in_flight: int = 3
 
     def backoff(self, errors: int) -> float:
         if errors <= 0:
@@ -105,6 +111,13 @@ class _ThreadIter:
                 yield item
         finally:
             self._stop.set()
+            # A cancelled consumer may leave an executor thread blocked in _q.get(); the
+            # producer puts nothing more once stopped, so wake that thread here (it would
+            # otherwise hold a default-executor worker forever and hang asyncio.run's exit).
+            try:
+                self._q.put_nowait(_END)
+            except queue.Full:
+                pass  # not empty: a blocked get() returns anyway
 
 
 class AgentPipe:
@@ -375,26 +388,49 @@ class AgentPipe:
                 pass
 
     async def _walk_and_push(self, make: Callable[[], Iterator], phase: str,
-                             on_item: Callable | None = None) -> int:
-        n = 0
+                             on_item: Callable | None = None, in_flight: int = 1) -> int:
+        """Push a walk's batches, up to ``in_flight`` of them awaiting fusion at once, so
+        the walk and fusion's commits overlap. Returns once every batch is acknowledged;
+        a push that fails for good (a lost session) cancels the others and raises."""
+        acked = 0
         t0 = time.monotonic()
-        async for item in _ThreadIter(make):
-            rows = item
-            if on_item is not None:
-                rows = on_item(item)
-            if rows:
-                await self._push([make_event(rows, phase)], phase)
-                n += len(rows)
-                el = time.monotonic() - t0
-                self.snapshot_progress = {"phase": phase, "rows": n, "elapsed_s": round(el, 1),
-                                          "rows_per_s": round(n / el) if el > 0 else 0}
-        return n
+        pending: set[asyncio.Task] = set()
+
+        async def push(rows: list[dict]) -> None:
+            nonlocal acked
+            await self._push([make_event(rows, phase)], phase)
+            acked += len(rows)
+            el = time.monotonic() - t0
+            self.snapshot_progress = {"phase": phase, "rows": acked, "elapsed_s": round(el, 1),
+                                      "rows_per_s": round(acked / el) if el > 0 else 0}
+
+        async def settle(at_most: int) -> None:
+            while len(pending) > at_most:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending.difference_update(done)
+                for t in done:
+                    t.result()
+
+        try:
+            async for item in _ThreadIter(make):
+                rows = item if on_item is None else on_item(item)
+                if rows:
+                    await settle(max(1, in_flight) - 1)
+                    pending.add(asyncio.create_task(push(rows)))
+            await settle(0)
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return acked
 
     async def _snapshot(self) -> None:
         self.phase = "snapshot"
         n = 0
         if self.s.startup_mode != "message-only":
-            n = await self._walk_and_push(self.source.snapshot, "snapshot")
+            n = await self._walk_and_push(self.source.snapshot, "snapshot",
+                                          in_flight=self.s.snapshot_in_flight)
         await self._push([], "snapshot", is_end=True)
         self.snapshot_done = True
         self.phase = "realtime"

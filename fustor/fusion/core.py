@@ -201,8 +201,14 @@ class Fusion:
         pc = self.pipes[pipe_id]
         hint = body.get("session_timeout_seconds")
         info = body.get("client_info") or {}
+        task_id = str(body["task_id"])
+        for old in [o for o in self.sessions.for_pipe(pipe_id) if o.task_id == task_id]:
+            # the same agent pipe reconnecting (e.g. restarted after a crash): its old
+            # session is dead, so it must not keep the leadership until it times out
+            log.info("session %s replaced by a new session of %s", old.session_id, task_id)
+            self.sessions.close(old.session_id)
         s = self.sessions.create(
-            pipe_id, self.keys_of_pipe(pipe_id), str(body["task_id"]), hint or pc.session_timeout_seconds,
+            pipe_id, self.keys_of_pipe(pipe_id), task_id, hint or pc.session_timeout_seconds,
             pc.allow_concurrent_push, info.get("source_uri"), client_ip,
         )
         for v in self.targets(pipe_id):

@@ -274,3 +274,19 @@ async def test_one_pipe_feeds_two_views_and_two_pipes_feed_one_view(tmp_path):
         st = (await c.get("/api/v1/views/shared/stats", headers={"X-API-Key": "q3"})).json()
         assert st["file_count"] == 2
     await f.stop()
+
+
+async def test_an_agent_reconnecting_with_the_same_task_id_replaces_its_dead_session(fusion_app):
+    _f, c = fusion_app
+    old = await open_session(c, task="host1:research")
+    assert old["role"] == "leader"
+    again = await open_session(c, task="host1:research")  # host1 restarted after a crash
+    assert again["role"] == "leader"  # not a follower of its own dead session until it times out
+    r = await c.post(f"/api/v1/pipe/session/{old['session_id']}/heartbeat", json={}, headers=A)
+    assert r.status_code == 419
+    other = await open_session(c, task="host2:research")
+    assert other["role"] == "follower"
+    third = await open_session(c, task="host1:research")  # the leader restarts again
+    hb = await c.post(f"/api/v1/pipe/session/{other['session_id']}/heartbeat", json={}, headers=A)
+    assert hb.json()["role"] == "leader"  # the live follower took over at once
+    assert third["role"] == "follower"
