@@ -521,9 +521,11 @@ async def test_snapshot_into_the_real_fusion_app_matches_the_tree(root, fusion, 
     transport = httpx.ASGITransport(app=create_app(fusion))
     pipe = await run_pipe(make_pipe(root, transport))
 
-    await until(lambda: fusion.sessions.snapshot_complete("v1"), what="snapshot complete")
+    # fusion records the end before its answer reaches the pipe: wait for both
+    await until(lambda: fusion.sessions.snapshot_complete("v1") and pipe.snapshot_done,
+                what="snapshot complete")
     assert view_stats(fusion) == want
-    assert pipe.role == "leader" and pipe.snapshot_done and pipe.rows_pushed == 361 + 8 + 1
+    assert pipe.role == "leader" and pipe.rows_pushed == 361 + 8 + 1
 
     # the query API agrees
     async with httpx.AsyncClient(transport=transport, base_url="http://fusion",
