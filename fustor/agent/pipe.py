@@ -65,6 +65,7 @@ class PipeSettings:
 
 
 _END = object()
+_UPGRADING = asyncio.Lock()
 STOP_WAIT_SEC = 2.0  # how long stop() waits for cancelled tasks (agent.md §6.5)
 
 
@@ -143,6 +144,7 @@ class AgentPipe:
         self.snapshot_progress: dict = {}
         self.started_at = time.time()
         self.last_realtime_push: float | None = None
+        self.last_upgrade: str | None = None
         self._heartbeat_interval = 3.0
         self._audit_cache: dict[str, float] = {}
         self._pending_rt: list[dict] = []
@@ -278,7 +280,8 @@ class AgentPipe:
                 "version": self.version, "uptime_seconds": round(time.time() - self.started_at, 1),
                 "state": self.state, "phase": self.phase, "role": self.role,
                 "events_pushed": self.events_pushed, "rows_pushed": self.rows_pushed,
-                "last_error": self.last_error, "is_realtime_ready": self.source.status.get("watching", False),
+                "last_error": self.last_error, "last_upgrade": self.last_upgrade,
+                "is_realtime_ready": self.source.status.get("watching", False),
                 "watch": self.source.status}
 
     async def _heartbeats(self) -> None:
@@ -310,8 +313,29 @@ class AgentPipe:
                 asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop()))
         elif kind == "report_status":
             log.info("pipe %s status: %s", self.pipe_id, self.agent_status())
+        elif kind == "upgrade":
+            t = asyncio.create_task(self._upgrade(cmd))
+            self._jobs.add(t)
+            t.add_done_callback(self._jobs.discard)
         else:
             log.info("pipe %s: ignoring unknown command %r", self.pipe_id, kind)
+
+    async def _upgrade(self, cmd: dict) -> None:
+        """One upgrade per process at a time (every pipe's session may carry the command)."""
+        from fustor.agent import upgrade as up
+
+        if _UPGRADING.locked():
+            return
+        async with _UPGRADING:
+            try:
+                self.last_upgrade = await asyncio.to_thread(
+                    up.upgrade, str(cmd.get("version") or ""), current=self.version,
+                    index_url=cmd.get("index_url"), find_links=cmd.get("find_links"),
+                    timeout=float(cmd.get("upgrade_timeout_sec") or 300))
+            except up.UpgradeError as exc:
+                self.last_upgrade = f"failed: {exc}"
+                self.last_error = f"upgrade: {exc}"
+            log.info("pipe %s: upgrade %s", self.pipe_id, self.last_upgrade)
 
     # -- pushing ----------------------------------------------------------------------
     async def _push(self, events: list[dict], phase: str, *, is_end: bool = False,

@@ -220,3 +220,30 @@ def test_bad_input_gets_clear_errors_and_leaves_no_traceback_or_dead_writer(serv
         assert q.get("/api/v1/views/v/stats").json()["file_count"] == 1
     assert proc.stop() == 0
     assert "Traceback" not in proc.output()
+
+
+def test_serve_watch_indexes_a_directory_with_one_command(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    for i in range(30):
+        (tree / "a" / f"f{i}.txt").write_text("x" * i)
+    port = free_port()
+    p = Proc(["fusion", "serve", "--data", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port),
+              "--watch", str(tree)], tmp_path / "home", tmp_path / "watch.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", p)
+        key = wait_until(lambda: next((ln.split(":", 1)[1].strip() for ln in p.output().splitlines()
+                                       if "query key:" in ln), None), what="the query key")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": key}, timeout=10) as q:
+            def stats():
+                r = q.get("/api/v1/views/default/stats")
+                return r.json() if r.status_code == 200 else None
+
+            st = wait_until(lambda: (s := stats()) and s["file_count"] == 30 and s, timeout=30,
+                            what="the snapshot of the watched tree")
+            assert st["total_size"] == sum(range(30)) and st["dir_count"] == 3
+            (tree / "a" / "b" / "new.bin").write_bytes(b"12345")
+            wait_until(lambda: q.get("/api/v1/views/default/tree", params={"path": "/a/b/new.bin"}).status_code == 200,
+                       timeout=10, what="a realtime create")
+    finally:
+        assert p.stop() == 0
