@@ -276,6 +276,11 @@ def _globals(s: _Section, out: dict[str, Any]) -> None:
     for key, (kind, minimum, maximum) in _GLOBALS.items():
         if s.data.get(key) is not None:
             out[key] = s.get(key, kind, None, minimum, maximum)
+    parse_logging(s, out)
+
+
+def parse_logging(s: _Section, out: dict[str, Any]) -> None:
+    """``logging: LEVEL`` or ``logging: {level, format, dir}`` of one file (fusion and agent)."""
     raw = s.data.get("logging")
     s.used.add("logging")
     if raw is None:

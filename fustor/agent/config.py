@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from fustor.config import _REQUIRED as REQUIRED
-from fustor.config import ID_MAX_LEN, ID_RE, LOG_LEVELS, _convert, _Section, fustor_home
+from fustor.config import ID_MAX_LEN, ID_RE, _convert, _Section, fustor_home, parse_logging
 from fustor.config import _unknown_ref as unknown_ref
 from fustor.errors import ConfigError
 
@@ -250,20 +250,7 @@ def _globals(s: _Section, out: dict[str, Any]) -> None:
         if not aid or ":" in aid:  # fusion takes the agent id as the task id's part before ":"
             raise ConfigError(f"{s.where('agent_id')}: {aid!r} cannot be an agent id; use "
                               "letters, digits, '.', '-' or '_' (no ':')")
-    raw = s.data.get("logging")
-    s.used.add("logging")
-    if raw is None:
-        return
-    sub, key = (s.child("logging"), "level") if isinstance(raw, dict) else (s, "logging")
-    level = sub.get(key, str, "INFO").upper()
-    level = "WARNING" if level == "WARN" else level
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"{sub.where(key)}: unknown log level {level!r} "
-                          f"(use one of: {', '.join(LOG_LEVELS)})")
-    out.update(logging=level, log_format=None, log_dir=None)
-    if sub is not s:
-        out.update(log_format=sub.get("format", str, None), log_dir=sub.get("dir", str, None))
-        sub.done()
+    parse_logging(s, out)
 
 
 def _read_yaml(path: Path) -> Any:

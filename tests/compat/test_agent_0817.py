@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.compat.venvs import VenvProc, make_venv
 from tests.procs import Proc, free_port, wait_http, wait_until
 
 pytestmark = pytest.mark.network
 
 AGENT_REQS = ["fustor-agent==0.8.17", "watchdog==6.0.0"]
-PIP_TIMEOUT = 600
 SYNC_DEADLINE = 90.0
 REALTIME_DEADLINE = 30.0
 INGEST_KEY = "compat-ingest"
@@ -40,36 +38,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @pytest.fixture(scope="session")
 def agent_venv(tmp_path_factory) -> Path:
-    venv = tmp_path_factory.mktemp("agent-0817") / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], "creating the venv", timeout=120)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-          *AGENT_REQS], "pip install " + " ".join(AGENT_REQS), timeout=PIP_TIMEOUT)
-    exe = venv / "bin" / "fustor-agent"
-    assert exe.exists(), f"{exe} missing after installing {AGENT_REQS}"
-    return venv
+    return make_venv(tmp_path_factory, "agent-0817", AGENT_REQS, "fustor-agent")
 
 
-def _run(args: list[str], what: str, timeout: float) -> None:
-    try:
-        r = subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"")[-5000:], (e.stderr or b"")[-5000:]
-        pytest.fail(f"{what}: timed out after {timeout}s\nstdout:\n{out[0]!r}\nstderr:\n{out[1]!r}")
-    if r.returncode != 0:
-        pytest.fail(f"{what}: exit code {r.returncode}\nstdout:\n{r.stdout[-5000:]}\n"
-                    f"stderr:\n{r.stderr[-5000:]}")
-
-
-class AgentProc(Proc):
-    """`<venv>/bin/fustor-agent start` in the foreground; output to a file, stopped like Proc."""
-
-    def __init__(self, venv: Path, home: Path, log: Path, cwd: Path) -> None:
-        self.log_path = log
-        self._log = open(log, "ab")  # noqa: SIM115 (closed by stop())
-        env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)
-        self.p = subprocess.Popen([str(venv / "bin" / "fustor-agent"), "start"], env=env, cwd=cwd,
-                                  stdout=self._log, stderr=subprocess.STDOUT)
+def AgentProc(venv: Path, home: Path, log: Path, cwd: Path) -> VenvProc:
+    return VenvProc(venv, "fustor-agent", home, log, cwd)
 
 
 # -- the watched tree -----------------------------------------------------------------------

@@ -9,21 +9,18 @@ and a create and a delete made afterwards must arrive through our agent's realti
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.compat.venvs import VenvProc, make_venv
 from tests.e2e import agent_yaml, build_tree, tail, tree_diff, walk_fs, walk_view
 from tests.procs import Proc, free_port, wait_http, wait_until
 
 pytestmark = pytest.mark.network
 
 FUSION_REQS = ["fustor-fusion==0.8.17"]
-PIP_TIMEOUT = 600
 SYNC_DEADLINE = 60.0
 REALTIME_DEADLINE = 15.0
 INGEST_KEY = "compat-ingest"
@@ -34,36 +31,11 @@ N_FILES = 400
 
 @pytest.fixture(scope="session")
 def fusion_venv(tmp_path_factory) -> Path:
-    venv = tmp_path_factory.mktemp("fusion-0817") / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], "creating the venv", timeout=120)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-          *FUSION_REQS], "pip install " + " ".join(FUSION_REQS), timeout=PIP_TIMEOUT)
-    exe = venv / "bin" / "fustor-fusion"
-    assert exe.exists(), f"{exe} missing after installing {FUSION_REQS}"
-    return venv
+    return make_venv(tmp_path_factory, "fusion-0817", FUSION_REQS, "fustor-fusion")
 
 
-def _run(args: list[str], what: str, timeout: float) -> None:
-    try:
-        r = subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"")[-5000:], (e.stderr or b"")[-5000:]
-        pytest.fail(f"{what}: timed out after {timeout}s\nstdout:\n{out[0]!r}\nstderr:\n{out[1]!r}")
-    if r.returncode != 0:
-        pytest.fail(f"{what}: exit code {r.returncode}\nstdout:\n{r.stdout[-5000:]}\n"
-                    f"stderr:\n{r.stderr[-5000:]}")
-
-
-class FusionProc(Proc):
-    """`<venv>/bin/fustor-fusion start` in the foreground; output to a file, stopped like Proc."""
-
-    def __init__(self, venv: Path, home: Path, log: Path, cwd: Path) -> None:
-        self.log_path = log
-        self._log = open(log, "ab")  # noqa: SIM115 (closed by stop())
-        env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)
-        self.p = subprocess.Popen([str(venv / "bin" / "fustor-fusion"), "start"], env=env, cwd=cwd,
-                                  stdout=self._log, stderr=subprocess.STDOUT)
+def FusionProc(venv: Path, home: Path, log: Path, cwd: Path) -> VenvProc:
+    return VenvProc(venv, "fustor-fusion", home, log, cwd)
 
 
 def fusion_config(port: int, rport: int) -> str:
