@@ -19,9 +19,11 @@ def _ctx(request: Request, view_id: str):
     return f, f.view(view_id)
 
 
-def _per_member(v, fn) -> dict:
-    """A forest's answer: the fs answer of each member, keyed by pipe id."""
-    return {pipe: fn(m) for pipe, m in sorted(v.members.items())}
+async def _answer(v, fn) -> object:
+    """``fn(view)`` in a worker thread; a forest answers with ``fn`` of each member, by pipe id."""
+    if isinstance(v, ForestView):
+        return await run_in_threadpool(lambda: {p: fn(m) for p, m in sorted(v.members.items())})
+    return await run_in_threadpool(fn, v)
 
 
 BEST = Query(None, description="Forest views: pick the member with the largest "
@@ -94,29 +96,23 @@ async def search(view_id: str, request: Request,
                  limit: int = Query(1000, ge=1, le=1_000_000)):
     """Files under path matching pattern, at most limit (a forest answers per member)."""
     f, v = _ctx(request, view_id)
-    if isinstance(v, ForestView):
-        return json_response(await run_in_threadpool(
-            _per_member, v, lambda m: m.search(pattern, path, limit)))
-    f.check_ready(v)
-    return json_response(await run_in_threadpool(v.search, pattern, path, limit))
+    if not isinstance(v, ForestView):
+        f.check_ready(v)
+    return json_response(await _answer(v, lambda m: m.search(pattern, path, limit)))
 
 
 @router.get("/blind-spots")
 async def blind_spots(view_id: str, request: Request):
     """Changes learned only from audits (no realtime confirmation)."""
     _f, v = _ctx(request, view_id)
-    if isinstance(v, ForestView):
-        return json_response(await run_in_threadpool(_per_member, v, lambda m: m.blind_spots()))
-    return json_response(await run_in_threadpool(v.blind_spots))
+    return json_response(await _answer(v, lambda m: m.blind_spots()))
 
 
 @router.get("/suspect-list")
 async def suspect_list(view_id: str, request: Request):
     """Files that may still be being written."""
     _f, v = _ctx(request, view_id)
-    if isinstance(v, ForestView):
-        return json_response(await run_in_threadpool(_per_member, v, lambda m: m.suspect_list()))
-    return json_response(await run_in_threadpool(v.suspect_list))
+    return json_response(await _answer(v, lambda m: m.suspect_list()))
 
 
 @router.put("/suspect-list")
