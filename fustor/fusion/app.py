@@ -9,11 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from fustor.errors import FustorError
+from fustor.errors import FustorError, NotReadyError, StoreBusyError
 from fustor.fusion.api import ingest, views
 from fustor.fusion.api.ingest import json_response
-from fustor.fusion.core import Fusion, NotReadyError
-from fustor.store import StoreBusyError
+from fustor.fusion.core import Fusion
 
 log = logging.getLogger("fustor.fusion")
 

@@ -12,31 +12,19 @@ import time
 from pathlib import Path
 
 from fustor.config import FusionConfig, KeyScope, enabled_pipes, resolve_key
-from fustor.errors import FustorError, NotFoundError
-from fustor.fusion.sessions import ForbiddenError, Session, SessionManager
+from fustor.errors import (
+    AuthError,
+    BadPayloadError,
+    ConfigError,
+    ForbiddenError,
+    NotFoundError,
+    NotReadyError,
+)
+from fustor.fusion.sessions import Session, SessionManager
 from fustor.fusion.views.forest import ForestView
 from fustor.fusion.views.fs import FsView
 
 log = logging.getLogger("fustor.fusion")
-
-
-class AuthError(FustorError):
-    status = 401
-    code = "unauthorized"
-
-
-class BadRequestError(FustorError):
-    status = 422
-    code = "invalid_payload"
-
-
-class NotReadyError(FustorError):
-    status = 503
-    code = "view_not_ready"
-
-    def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class Fusion:
@@ -179,7 +167,7 @@ class Fusion:
         if sc.kind != "pipe":
             raise ForbiddenError("this key is a query key; agents need a receiver (ingest) key")
         if sc.id not in self.pipes:
-            raise BadRequestError(f"Pipe {sc.id} not found or not enabled; check its receiver and views")
+            raise ConfigError(f"Pipe {sc.id} not found or not enabled; check its receiver and views")
         return sc.id
 
     def session_of(self, key: str | None, sid: str) -> Session:
@@ -320,7 +308,7 @@ class Fusion:
             return {"status": "ignored", "reason": "unknown_type"}
         updates = body.get("updates") or []
         if not isinstance(updates, list):
-            raise BadRequestError("updates: must be a list of {path, mtime, size?, status?}")
+            raise BadPayloadError("updates: must be a list of {path, mtime, size?, status?}")
         updates = [u for u in updates if isinstance(u, dict)]
         for v in views:
             await v.update_suspects(updates)

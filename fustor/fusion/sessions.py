@@ -28,24 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fustor.errors import FustorError
-
-
-class SessionObsoleteError(FustorError):
-    """The session is unknown or expired: the agent must create a new one."""
-
-    status = 419
-    code = "session_obsolete"
-
-
-class SessionConflictError(FustorError):
-    status = 409
-    code = "view_locked"
-
-
-class ForbiddenError(FustorError):
-    status = 403
-    code = "forbidden"
+from fustor.errors import SessionConflictError, SessionObsoleteError
 
 
 @dataclass

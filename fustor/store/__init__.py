@@ -1,10 +1,10 @@
 """The on-disk tree of one source: an LMDB environment per tree (see README.md here)."""
 
+from fustor.errors import StoreBusyError
 from fustor.store.env import FORMAT_VERSION, Store, apply_changes
 from fustor.store.keys import normalise
 from fustor.store.records import Node, Stats
 from fustor.store.tree import TreeReader, TreeWriter
-from fustor.store.writer import StoreBusyError
 
 __all__ = [
     "FORMAT_VERSION", "Node", "Stats", "Store", "StoreBusyError", "TreeReader", "TreeWriter",

@@ -18,11 +18,17 @@ from pathlib import Path
 import lmdb
 import orjson
 
-from fustor.errors import NotFoundError, StoreClosedError, StoreError, StoreFormatError
+from fustor.errors import (
+    NotFoundError,
+    StoreBusyError,
+    StoreClosedError,
+    StoreError,
+    StoreFormatError,
+)
 from fustor.store import keys
 from fustor.store.records import Node
 from fustor.store.tree import Dbs, TreeReader, TreeWriter
-from fustor.store.writer import StoreBusyError, Writer, is_disk_full
+from fustor.store.writer import Writer, is_disk_full
 
 FORMAT_VERSION = 1
 DB_NAMES = Dbs._fields

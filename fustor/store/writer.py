@@ -24,19 +24,12 @@ from concurrent.futures import Future
 
 import lmdb
 
-from fustor.errors import StoreClosedError, StoreError, StoreFullError
+from fustor.errors import StoreBusyError, StoreClosedError, StoreError, StoreFullError
 
 log = logging.getLogger("fustor.store")
 
 _STOP = object()
 _FULL_HINTS = ("No space left", "File too large", "Disk quota", "Input/output error")
-
-
-class StoreBusyError(StoreError):
-    """The writer queue is full; the caller should retry later (back-pressure)."""
-
-    status = 503
-    code = "store_busy"
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fustor.errors import NotFoundError, StoreClosedError, StoreError
-from fustor.store import Store, StoreBusyError
+from fustor.errors import NotFoundError, StoreBusyError, StoreClosedError, StoreError
+from fustor.store import Store
 from fustor.store.inspect import verify
 
 NODES = 100_000

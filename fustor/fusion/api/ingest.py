@@ -14,20 +14,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fustor.errors import FustorError
+from fustor.errors import BadPayloadError, MalformedJsonError
 from fustor.protocol import dumps, loads
 
 router = APIRouter(prefix="/api/v1/pipe")
-
-
-class BadPayloadError(FustorError):
-    status = 422
-    code = "invalid_payload"
-
-
-class MalformedJsonError(FustorError):
-    status = 400
-    code = "malformed_json"
 
 
 class Event(BaseModel):

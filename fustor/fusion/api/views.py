@@ -6,9 +6,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from fustor.fusion.api.ingest import BadPayloadError, json_response, parse
-from fustor.fusion.sessions import ForbiddenError
-from fustor.fusion.views.forest import BadQueryError, ForestView
+from fustor.errors import BadPayloadError, BadQueryError, ForbiddenError
+from fustor.fusion.api.ingest import json_response, parse
+from fustor.fusion.views.forest import ForestView
 
 router = APIRouter(prefix="/api/v1/views/{view_id}")
 

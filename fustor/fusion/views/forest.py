@@ -13,18 +13,13 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from fustor.errors import FustorError, NotFoundError
+from fustor.errors import BadQueryError, FustorError, NotFoundError
 from fustor.fusion.views.fs import FsView, node_json
 from fustor.store import keys
 from fustor.store.records import AGG_COUNTS, IS_DIR, NODE_SIZE, NODE_SIZE_AND_MTIME, unpack_node
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
 EPS = 1e-6
-
-
-class BadQueryError(FustorError):
-    status = 400
-    code = "bad_query"
 
 
 class ForestView:

@@ -14,17 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fustor.errors import FustorError, NotFoundError
+from fustor.errors import NotFoundError, TooManyItemsError
 from fustor.fusion import arbitration as rules
 from fustor.store import Node, Store, keys
 
 # meta key set when a leader's snapshot completed at least once (survives restarts)
 SNAPSHOT_META = "snapshot_completed_at"
-
-
-class TooManyItemsError(FustorError):
-    status = 400
-    code = "too_many_items"
 
 
 def node_json(n: Node, only_path: bool = False) -> dict:
