@@ -341,21 +341,7 @@ def load_fusion_config(target: Path | None = None) -> FusionConfig:
         file = str(path)
         cfg.files.append(file)
         top = _Section(_read_yaml(path), "", file, cfg.ignored)
-        for section, parse in _SECTIONS.items():
-            if section not in top.data:
-                continue
-            entries = top.child(section)
-            for ident in list(entries.data):
-                if not isinstance(ident, str) or not ident:
-                    raise ConfigError(f"{file}: {section}.{ident!r}: ids must be non-empty "
-                                      "strings; put the id in quotes")
-                item = parse(sec := entries.child(ident))
-                sec.done()
-                if ident in (table := getattr(cfg, section)):
-                    _warn(cfg, f"{file}: {section}.{ident} replaces the definition from "
-                          f"{origin[f'{section}.{ident}']}")
-                table[ident] = item
-                origin[f"{section}.{ident}"] = file
+        merge_sections(cfg, top, _SECTIONS, origin)
         _globals(top, found)
         top.done()
     for key, value in found.items():
@@ -364,7 +350,28 @@ def load_fusion_config(target: Path | None = None) -> FusionConfig:
     return cfg
 
 
-def _warn(cfg: FusionConfig, message: str) -> None:
+def merge_sections(cfg, top: _Section, sections: dict, origin: dict[str, str]) -> None:
+    """Parse each ``<section>.<id>`` of one file into ``cfg.<section>``; a later file's id
+    replaces an earlier one (with a warning). Shared by the fusion and agent loaders."""
+    for section, parse in sections.items():
+        if section not in top.data:
+            continue
+        entries = top.child(section)
+        for ident in list(entries.data):
+            if not isinstance(ident, str) or not ident:
+                raise ConfigError(f"{top.file}: {section}.{ident!r}: ids must be non-empty "
+                                  "strings; put the id in quotes")
+            item = parse(sec := entries.child(ident))
+            sec.done()
+            if ident in (table := getattr(cfg, section)):
+                warn(cfg, f"{top.file}: {section}.{ident} replaces the definition from "
+                     f"{origin[f'{section}.{ident}']}")
+            table[ident] = item
+            origin[f"{section}.{ident}"] = top.file
+
+
+def warn(cfg, message: str) -> None:
+    """Record a config warning on ``cfg`` (fusion or agent) and log it."""
     cfg.warnings.append(message)
     log.warning("config: %s", message)
 
@@ -383,7 +390,7 @@ def _check(cfg: FusionConfig, origin: dict[str, str]) -> None:
                 raise ConfigError(f"{at}: a view id cannot contain '/' (it is part of the "
                                   "query URL); rename the view")
             if not ID_RE.match(ident) or len(ident) > ID_MAX_LEN:
-                _warn(cfg, f"{at}: id is not URL-safe; prefer lower-case letters, digits, "
+                warn(cfg, f"{at}: id is not URL-safe; prefer lower-case letters, digits, "
                       f"'-' and '_' (at most {ID_MAX_LEN} characters)")
     for pid, pipe in cfg.pipes.items():
         at = f"{origin[f'pipes.{pid}']}: pipes.{pid}"
@@ -395,7 +402,7 @@ def _check(cfg: FusionConfig, origin: dict[str, str]) -> None:
                 raise _unknown_ref(f"{at}.views[{i}]", vid, "view", cfg.views,
                                    "fix the name or add it under views:")
         if not pipe.views:
-            _warn(cfg, f"{at}.views: no views listed, so this pipe will not start")
+            warn(cfg, f"{at}.views: no views listed, so this pipe will not start")
     seen: dict[str, str] = {}  # key -> where first seen; messages never show the key itself
     owners = [(f"views.{vid}", v.api_keys) for vid, v in cfg.views.items()]
     owners += [(f"receivers.{rid}", [k.key for k in r.api_keys])
@@ -403,7 +410,7 @@ def _check(cfg: FusionConfig, origin: dict[str, str]) -> None:
     for owner, keys in owners:
         for i, key in enumerate(keys):
             if key in seen:
-                _warn(cfg, f"{origin[owner]}: {owner}.api_keys[{i}]: same key as {seen[key]}; "
+                warn(cfg, f"{origin[owner]}: {owner}.api_keys[{i}]: same key as {seen[key]}; "
                       "only the first (views before receivers) is used")
             seen.setdefault(key, f"{owner}.api_keys[{i}]")
     for rid, rec in cfg.receivers.items():
@@ -413,7 +420,7 @@ def _check(cfg: FusionConfig, origin: dict[str, str]) -> None:
                 raise _unknown_ref(at, k.pipe_id, "pipe", cfg.pipes,
                                    "fix the name or remove the key")
             if cfg.pipes[k.pipe_id].receiver != rid:
-                _warn(cfg, f"{at}: pipe {k.pipe_id!r} uses receiver "
+                warn(cfg, f"{at}: pipe {k.pipe_id!r} uses receiver "
                       f"{cfg.pipes[k.pipe_id].receiver!r}, so this key cannot open sessions "
                       f"on {rid!r}")
 

@@ -72,3 +72,25 @@ def signal_pid(pid_file: Path, sig: int) -> int | None:
     if pid is not None:
         os.kill(pid, sig)
     return pid
+
+
+# -- what `start -D`, `stop` and `reload` of both CLIs say ------------------------------------
+def start_daemon(name: str, pid_file: Path, args: list[str], log_file: Path) -> str:
+    """Start ``fustor ARGS`` detached unless one runs already; returns the line to print."""
+    running = running_pid(pid_file)
+    if running is not None:
+        return f"{name} already running with PID: {running}"
+    pid = spawn_detached(args, log_file)
+    if not wait_for_pid_file(pid_file, pid):
+        raise OSError(f"{name.lower()} did not start; see {log_file}")
+    return f"{name} started in the background with PID: {pid} (log: {log_file})"
+
+
+def stop_message(name: str, pid_file: Path) -> str:
+    res = stop_pid(pid_file)
+    return f"{name} is not running." if res == "not running" else f"{name} {res}."
+
+
+def reload_message(name: str, pid_file: Path) -> str:
+    pid = signal_pid(pid_file, signal.SIGHUP)
+    return f"{name} is not running." if pid is None else f"Reload signal sent to PID {pid}."

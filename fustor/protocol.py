@@ -1,4 +1,4 @@
-"""The wire contract shared by agent and fusion: message sources, and JSON encoding of names.
+"""JSON on the wire between agent and fusion, with names that are not UTF-8.
 
 File names that are not UTF-8 are carried as ``str`` with lone surrogates
 (``os.fsdecode``). orjson refuses those, so they travel as standard JSON
@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 
 import orjson
-
-MESSAGE_SOURCES = ("realtime", "snapshot", "audit", "on_demand_job")
-SOURCE_TYPES = ("message", "snapshot", "audit", "on_demand_job", "job_complete")
 
 
 def dumps(obj, *, indent: bool = False) -> bytes:

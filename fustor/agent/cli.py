@@ -66,7 +66,7 @@ def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
     $FUSTOR_HOME/agent-config/), or with --watch DIR --fusion URL --key KEY and no YAML."""
     from fustor.agent.config import quick_config
     from fustor.agent.daemon import Agent
-    from fustor.pidfile import running_pid, spawn_detached, wait_for_pid_file
+    from fustor.pidfile import running_pid, start_daemon
 
     home = _home()
     pid_file = home / "agent.pid"
@@ -92,11 +92,7 @@ def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
             args += ["--watch", str(watch_dir.resolve()), "--fusion", fusion_url, "--key", key]
         if verbose:
             args.append("--verbose")
-        log = home / "logs" / "agent.log"
-        pid = spawn_detached(args, log)
-        if not wait_for_pid_file(pid_file, pid):
-            raise FustorError(f"the agent did not start; see {log}")
-        click.echo(f"Agent started in the background with PID: {pid} (log: {log})")
+        click.echo(start_daemon("Agent", pid_file, args, home / "logs" / "agent.log"))
         return
     if running:
         raise FustorError(f"an agent is already running with PID {running}; `fustor agent stop` it first")
@@ -129,22 +125,18 @@ def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
 @friendly
 def stop() -> None:
     """Stop the running agent (SIGTERM, then SIGKILL after 30 s)."""
-    from fustor.pidfile import stop_pid
+    from fustor.pidfile import stop_message
 
-    res = stop_pid(_home() / "agent.pid", timeout=30.0)
-    click.echo("Agent is not running." if res == "not running" else f"Agent {res}.")
+    click.echo(stop_message("Agent", _home() / "agent.pid"))
 
 
 @agent.command()
 @friendly
 def reload() -> None:
     """Apply config changes (SIGHUP): added, removed and changed pipes, log level."""
-    import signal
+    from fustor.pidfile import reload_message
 
-    from fustor.pidfile import signal_pid
-
-    pid = signal_pid(_home() / "agent.pid", signal.SIGHUP)
-    click.echo("Agent is not running." if pid is None else f"Reload signal sent to PID {pid}.")
+    click.echo(reload_message("Agent", _home() / "agent.pid"))
 
 
 @agent.command()

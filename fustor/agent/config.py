@@ -29,7 +29,16 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from fustor.config import _REQUIRED as REQUIRED
-from fustor.config import ID_MAX_LEN, ID_RE, _convert, _Section, fustor_home, parse_logging
+from fustor.config import (
+    ID_MAX_LEN,
+    ID_RE,
+    _convert,
+    _Section,
+    fustor_home,
+    merge_sections,
+    parse_logging,
+    warn,
+)
 from fustor.config import _unknown_ref as unknown_ref
 from fustor.errors import ConfigError
 
@@ -281,21 +290,7 @@ def _config_files(target: Path | None) -> list[Path]:
 
 def _merge(cfg: AgentConfig, file: str, data: Any, found: dict[str, Any]) -> None:
     top = _Section(data, "", file, cfg.ignored)
-    for section, parse in _SECTIONS.items():
-        if section not in top.data:
-            continue
-        entries = top.child(section)
-        for ident in list(entries.data):
-            if not isinstance(ident, str) or not ident:
-                raise ConfigError(f"{file}: {section}.{ident!r}: ids must be non-empty "
-                                  "strings; put the id in quotes")
-            item = parse(sec := entries.child(ident))
-            sec.done()
-            if ident in (table := getattr(cfg, section)):
-                _warn(cfg, f"{file}: {section}.{ident} replaces the definition from "
-                      f"{cfg.origin[f'{section}.{ident}']}")
-            table[ident] = item
-            cfg.origin[f"{section}.{ident}"] = file
+    merge_sections(cfg, top, _SECTIONS, cfg.origin)
     _globals(top, found)
     top.done()
 
@@ -323,11 +318,6 @@ def load_agent_config(target: Path | None = None) -> AgentConfig:
     return _build([(str(p), _read_yaml(p)) for p in _config_files(target)])
 
 
-def _warn(cfg: AgentConfig, message: str) -> None:
-    cfg.warnings.append(message)
-    log.warning("config: %s", message)
-
-
 def _check(cfg: AgentConfig) -> None:
     """Checks that need the whole merged config: references, pairs, advice."""
     def at(section: str, ident: str) -> str:
@@ -349,19 +339,19 @@ def _check(cfg: AgentConfig) -> None:
     for section in _SECTIONS:
         for ident in getattr(cfg, section):
             if not ID_RE.match(ident) or len(ident) > ID_MAX_LEN:
-                _warn(cfg, f"{at(section, ident)}: id is not URL-safe; prefer lower-case "
+                warn(cfg, f"{at(section, ident)}: id is not URL-safe; prefer lower-case "
                       f"letters, digits, '-' and '_' (at most {ID_MAX_LEN} characters)")
     for sid, src in cfg.sources.items():
         mode = src.driver_params.get("startup_mode")
         if mode is not None and mode not in STARTUP_MODES:
-            _warn(cfg, f"{at('sources', sid)}.driver_params.startup_mode: {mode!r} is not "
+            warn(cfg, f"{at('sources', sid)}.driver_params.startup_mode: {mode!r} is not "
                   "known, so the snapshot runs as usual (only 'message-only' skips it)")
         if not src.disabled and not os.path.isdir(src.uri):
-            _warn(cfg, f"{at('sources', sid)}.uri: {src.uri} is not a directory (yet); "
+            warn(cfg, f"{at('sources', sid)}.uri: {src.uri} is not a directory (yet); "
                   "the pipe will fail until it exists")
     for sid, snd in cfg.senders.items():
         if not snd.disabled and not snd.api_key:
-            _warn(cfg, f"{at('senders', sid)}.credential: no key, so fusion will refuse "
+            warn(cfg, f"{at('senders', sid)}.credential: no key, so fusion will refuse "
                   "sessions (401); add credential: {key: <agent key>}")
 
 

@@ -74,6 +74,22 @@ def _install_errors(app: FastAPI) -> None:
         return json_response({"detail": "; ".join(parts), "code": "invalid_request"}, 422)
 
 
+def _app(fusion: Fusion, title: str, routers: list, lifespan=None) -> FastAPI:
+    app = FastAPI(title=title, version="0.1.0", lifespan=lifespan,
+                  description="Query API of fustor views and the agent ingest protocol.")
+    app.state.fusion = fusion
+    _install_errors(app)
+    for r in routers:
+        app.include_router(r)
+
+    @app.get("/")
+    async def root():
+        return {"message": "Welcome to Fusion Storage Engine Ingest API"}
+
+    app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
+    return app
+
+
 def create_app(fusion: Fusion, *, receiver_routes: bool = True) -> FastAPI:
     """The main app: query API, and (by default) the receiver routes on the same port."""
 
@@ -85,32 +101,10 @@ def create_app(fusion: Fusion, *, receiver_routes: bool = True) -> FastAPI:
         finally:
             await fusion.stop()
 
-    app = FastAPI(title="fustor fusion", version="0.1.0", lifespan=lifespan,
-                  description="Query API of fustor views and the agent ingest protocol.")
-    app.state.fusion = fusion
-    _install_errors(app)
-    app.include_router(views.router)
-    if receiver_routes:
-        app.include_router(ingest.router)
-
-    @app.get("/")
-    async def root():
-        return {"message": "Welcome to Fusion Storage Engine Ingest API"}
-
-    app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
-    return app
+    routers = [views.router, ingest.router] if receiver_routes else [views.router]
+    return _app(fusion, "fustor fusion", routers, lifespan)
 
 
 def create_receiver_app(fusion: Fusion) -> FastAPI:
     """A receiver listener: only the agent routes (its lifecycle is the main app's)."""
-    app = FastAPI(title="fustor receiver", version="0.1.0")
-    app.state.fusion = fusion
-    _install_errors(app)
-    app.include_router(ingest.router)
-
-    @app.get("/")
-    async def root():
-        return {"message": "Welcome to Fusion Storage Engine Ingest API"}
-
-    app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
-    return app
+    return _app(fusion, "fustor receiver", [ingest.router])

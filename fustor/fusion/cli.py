@@ -63,15 +63,11 @@ def serve(data_dir, config_path, host, port, verbose, watch_dir) -> None:
 def start(data_dir, config_path, host, port, verbose, watch_dir, daemon) -> None:
     """Start fusion (in the foreground unless -D); same options as `serve`."""
     from fustor.config import fustor_home
-    from fustor.pidfile import running_pid, spawn_detached, wait_for_pid_file
+    from fustor.pidfile import start_daemon
 
     if not daemon:
         return _serve(data_dir, config_path, host, port, verbose, watch_dir)
     home = fustor_home()
-    pid = running_pid(home / "fusion.pid")
-    if pid is not None:
-        click.echo(f"Fusion already running with PID: {pid}")
-        return
     args = ["fusion", "serve"]
     for flag, value in (("--data", data_dir), ("--config", config_path), ("--host", host),
                         ("--port", port), ("--watch", watch_dir)):
@@ -79,11 +75,7 @@ def start(data_dir, config_path, host, port, verbose, watch_dir, daemon) -> None
             args += [flag, str(value)]
     if verbose:
         args.append("--verbose")
-    log = home / "logs" / "fusion.log"
-    pid = spawn_detached(args, log)
-    if not wait_for_pid_file(home / "fusion.pid", pid):
-        raise FustorError(f"fusion did not start; see {log}")
-    click.echo(f"Fusion started in the background with PID: {pid} (log: {log})")
+    click.echo(start_daemon("Fusion", home / "fusion.pid", args, home / "logs" / "fusion.log"))
 
 
 @fusion.command()
@@ -91,23 +83,19 @@ def start(data_dir, config_path, host, port, verbose, watch_dir, daemon) -> None
 def stop() -> None:
     """Stop the running fusion (SIGTERM, then SIGKILL after 30 s)."""
     from fustor.config import fustor_home
-    from fustor.pidfile import stop_pid
+    from fustor.pidfile import stop_message
 
-    res = stop_pid(fustor_home() / "fusion.pid")
-    click.echo("Fusion is not running." if res == "not running" else f"Fusion {res}.")
+    click.echo(stop_message("Fusion", fustor_home() / "fusion.pid"))
 
 
 @fusion.command()
 @friendly
 def reload() -> None:
     """Re-read the YAML config (SIGHUP): views, pipes and receivers change without a restart."""
-    import signal
-
     from fustor.config import fustor_home
-    from fustor.pidfile import signal_pid
+    from fustor.pidfile import reload_message
 
-    pid = signal_pid(fustor_home() / "fusion.pid", signal.SIGHUP)
-    click.echo("Fusion is not running." if pid is None else f"Reload signal sent to PID {pid}.")
+    click.echo(reload_message("Fusion", fustor_home() / "fusion.pid"))
 
 
 @fusion.command()

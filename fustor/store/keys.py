@@ -71,12 +71,6 @@ def display(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape")
 
 
-def split(path: bytes) -> tuple[bytes, bytes]:
-    """``(parent, name)`` of a normalised non-root path."""
-    i = path.rfind(b"/")
-    return (path[:i] or ROOT), path[i + 1 :]
-
-
 def parent_of(path: bytes) -> bytes:
     i = path.rfind(b"/")
     return path[:i] or ROOT
@@ -105,10 +99,6 @@ def node_key(path: bytes) -> bytes:
 def needs_path_tail(path: bytes) -> bool:
     """True when the key of ``path`` is hashed, so its record must carry the full path."""
     return path.rfind(b"/") > PARENT_LIMIT
-
-
-def key_is_hashed(key: bytes) -> bool:
-    return key != ROOT and key.index(SEP) > PARENT_LIMIT
 
 
 def path_of(key: bytes, tail: bytes = b"") -> bytes:

@@ -100,7 +100,3 @@ def pack_pair(a: float, b: float, path: bytes) -> bytes:
     """A two-float state record; hashed keys carry their full path after the floats."""
     head = PAIR.pack(a, b)
     return head + path if keys.needs_path_tail(path) else head
-
-
-def path_tail(value: bytes, fixed: int) -> bytes:
-    return bytes(value[fixed:])

@@ -14,8 +14,6 @@ import orjson
 from fustor.store import keys
 from fustor.store.records import EXPIRY, PAIR, pack_pair
 
-BLIND_KINDS = ("additions", "deletions")
-
 
 def _expiry_key(expires_at: float, key: bytes) -> bytes:
     # big-endian IEEE floats sort like numbers only when non-negative: clamp at 0

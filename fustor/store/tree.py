@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from fustor.errors import NotFoundError, PathError
+from fustor.errors import PathError
 from fustor.store import keys
 from fustor.store.records import AGG, IS_DIR, NODE, Node, Stats, pack_node, unpack_node
 from fustor.store.state import StateReads, StateWrites
@@ -62,12 +62,6 @@ class TreeReader(StateReads):
         v = self.txn.get(key, db=self.dbs.nodes)
         return None if v is None else unpack_node(key, v)
 
-    def require_dir(self, path: bytes) -> Node:
-        node = self.get(path)
-        if node is None:
-            raise NotFoundError(f"path {keys.display(path)!r} is not in the view")
-        return node
-
     def children(
         self, path: bytes, after: bytes | None = None, limit: int | None = None
     ) -> tuple[list[Node], bytes | None]:
@@ -81,12 +75,7 @@ class TreeReader(StateReads):
         out: list[Node] = []
         if limit is not None and limit <= 0:
             return out, after
-        cur = self.txn.cursor(db=self.dbs.nodes)
-        if not cur.set_range(start):
-            return out, None
-        for k, v in cur.iternext():
-            if not k.startswith(prefix):
-                break
+        for k, v in self._range(prefix, start):
             if after and k == start:
                 continue
             if limit is not None and len(out) >= limit:
@@ -94,26 +83,23 @@ class TreeReader(StateReads):
             out.append(unpack_node(k, v))
         return out, None
 
-    def iter_children(self, path: bytes) -> Iterator[Node]:
-        prefix = keys.dir_prefix(path)
-        cur = self.txn.cursor(db=self.dbs.nodes)
-        if not cur.set_range(prefix):
-            return
-        for k, v in cur.iternext():
-            if not k.startswith(prefix):
-                return
-            yield unpack_node(k, v)
-
-    def iter_children_raw(self, path: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """``(key, record)`` of the direct children, undecoded (for fast comparisons)."""
-        prefix = keys.dir_prefix(path)
-        cur = self.txn.cursor(db=self.dbs.nodes)
-        if not cur.set_range(prefix):
+    def _range(self, prefix: bytes, start: bytes | None = None, db=None) -> Iterator[tuple[bytes, bytes]]:
+        """Raw ``(key, value)`` of the keys starting with ``prefix``, from ``start`` on."""
+        cur = self.txn.cursor(db=self.dbs.nodes if db is None else db)
+        if not cur.set_range(start or prefix):
             return
         for k, v in cur.iternext():
             if not k.startswith(prefix):
                 return
             yield k, v
+
+    def iter_children(self, path: bytes) -> Iterator[Node]:
+        for k, v in self._range(keys.dir_prefix(path)):
+            yield unpack_node(k, v)
+
+    def iter_children_raw(self, path: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, record)`` of the direct children, undecoded (for fast comparisons)."""
+        return self._range(keys.dir_prefix(path))
 
     def aggregate_raw(self, key: bytes) -> bytes | None:
         """The undecoded aggregate record of the directory with node key ``key``."""
@@ -144,12 +130,7 @@ class TreeReader(StateReads):
         fixed = _fixed_size(self.dbs, db)
         want = path + b"/"
         for prefix, must_filter in keys.subtree_ranges(path):
-            cur = self.txn.cursor(db=db)
-            if not cur.set_range(prefix):
-                continue
-            for k, v in cur.iternext():
-                if not k.startswith(prefix):
-                    break
+            for k, v in self._range(prefix, db=db):
                 if must_filter and not keys.path_of(k, bytes(v[fixed:])).startswith(want):
                     continue
                 if path == keys.ROOT and k == keys.ROOT:
@@ -312,12 +293,6 @@ class TreeWriter(TreeReader, StateWrites):
         (fields that no aggregate depends on)."""
         self.txn.put(keys.node_key(node.path), pack_node(node), db=self.dbs.nodes)
 
-    def set_times(self, node: Node, size: int, modified_time: float) -> None:
-        """Change a file's size and mtime in place (sentinel feedback), keeping aggregates."""
-        self.upsert(
-            node.path, node.is_dir, size, modified_time, node.created_time,
-        )
-
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
         self.txn.put(key, pack_node(node), db=self.dbs.nodes)
         m = node.modified_time
@@ -464,13 +439,7 @@ class TreeWriter(TreeReader, StateWrites):
         own = self.txn.get(key, db=self.dbs.nodes)
         m = NODE.unpack_from(own)[2] if own is not None else 0.0
         aggdb = self.dbs.aggregates
-        prefix = keys.dir_prefix(d)
-        cur = self.txn.cursor(db=self.dbs.nodes)
-        if not cur.set_range(prefix):
-            return m
-        for k, v in cur.iternext():
-            if not k.startswith(prefix):
-                break
+        for k, v in self.iter_children_raw(d):
             if v[0] & IS_DIR:
                 cm = AGG.unpack_from(self.txn.get(k, db=aggdb))[3]
             else:

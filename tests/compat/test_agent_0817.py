@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.compat.venvs import VenvProc, make_venv
+from tests.e2e import walk_fs, walk_view
 from tests.procs import Proc, free_port, wait_http, wait_until
 
 pytestmark = pytest.mark.network
@@ -77,39 +78,6 @@ def build_tree(root: Path, n_files: int = N_FILES, seed: int = 817) -> None:
     for p in sorted(all_dirs, key=len, reverse=True):
         mtime = now - rng.uniform(60, 30 * 86400) + rng.random() / 3
         os.utime(p, (mtime, mtime))
-
-
-def walk_fs(root: Path) -> tuple[dict, dict]:
-    """{"/rel": (size, mtime)} for files and {"/rel": mtime} for dirs (root as "/")."""
-    files, dirs = {}, {}
-    for dirpath, _dirnames, filenames in os.walk(root):
-        rel = "/" + os.path.relpath(dirpath, root).replace(os.sep, "/")
-        rel = "/" if rel == "/." else rel
-        dirs[rel] = os.stat(dirpath).st_mtime
-        for name in filenames:
-            st = os.stat(os.path.join(dirpath, name))
-            files[(rel.rstrip("/") + "/" + name)] = (st.st_size, st.st_mtime)
-    return files, dirs
-
-
-def walk_view(node: dict) -> tuple[dict, dict]:
-    """The same shape from a recursive /tree answer."""
-    files, dirs = {}, {}
-
-    def visit(n: dict) -> None:
-        assert "next_after" not in n, f"unexpected paging in {n['path']}"
-        if n["content_type"] == "directory":
-            dirs[n["path"]] = n["modified_time"]
-            for c in n.get("children", []):
-                visit(c)
-        else:
-            files[n["path"]] = (n["size"], n["modified_time"])
-
-    visit(node)
-    return files, dirs
-
-
-# -- fusion and agent --------------------------------------------------------------------------
 
 
 def fusion_config(port: int, rport: int) -> str:
