@@ -8,10 +8,12 @@
     ├── AuthError                      no or unknown X-API-Key                  401 unauthorized
     ├── ForbiddenError                 the key may not touch this               403 forbidden
     ├── NotFoundError                  a path/view/job does not exist           404 not_found
+    ├── ConflictError                  the action clashes with current state    409 conflict
     ├── SessionConflictError           view locked (concurrent push off)        409 view_locked
     ├── SessionObsoleteError           unknown or expired session: reconnect    419 session_obsolete
     ├── PathError                      a path cannot be stored (.., NUL, …)     422 path_invalid
     ├── BadPayloadError                a body of the wrong shape                422 invalid_payload
+    ├── ReloadRefusedError             the new config is broken; old one kept   422 reload_refused
     ├── NotReadyError                  no snapshot completed yet (Retry-After)  503 view_not_ready
     └── StoreError                     the on-disk store cannot do the job      500 store_error
         ├── StoreFormatError           written by an older/newer fustor         409 store_format
@@ -76,6 +78,13 @@ class NotFoundError(FustorError):
     code = "not_found"
 
 
+class ConflictError(FustorError):
+    """E.g. a second upgrade for an agent with one pending."""
+
+    status = 409
+    code = "conflict"
+
+
 class SessionConflictError(FustorError):
     status = 409
     code = "view_locked"
@@ -96,6 +105,13 @@ class PathError(FustorError):
 class BadPayloadError(FustorError):
     status = 422
     code = "invalid_payload"
+
+
+class ReloadRefusedError(FustorError):
+    """A reload could not be applied; the running config stays in force."""
+
+    status = 422
+    code = "reload_refused"
 
 
 class NotReadyError(FustorError):

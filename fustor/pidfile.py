@@ -26,12 +26,28 @@ def running_pid(pid_file: Path) -> int | None:
     return pid
 
 
-def spawn_detached(args: list[str], log_file: Path) -> int:
-    """Start ``python -m fustor.cli ARGS`` in a new session, output appended to ``log_file``."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log, open(os.devnull, "rb") as null:
+def open_private_log(log_file: Path):
+    """``log_file`` opened for appending, readable by its owner only: what a server prints
+    can be a secret (fusion prints the keys it generated)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)  # a log from an older version may be readable by all
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
+
+
+def spawn_detached(args: list[str], log_file: Path, env: dict[str, str] | None = None) -> int:
+    """Start ``python -m fustor.cli ARGS`` in a new session, output appended to ``log_file``
+    (mode 0600). ``env`` adds to the environment: the way to hand over a secret, since a
+    command line is readable by every user."""
+    with open_private_log(log_file) as log, open(os.devnull, "rb") as null:
         p = subprocess.Popen([sys.executable, "-m", "fustor.cli", *args], stdin=null, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+                             stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**os.environ, **env} if env else None)
     return p.pid
 
 
@@ -75,12 +91,13 @@ def signal_pid(pid_file: Path, sig: int) -> int | None:
 
 
 # -- what `start -D`, `stop` and `reload` of both CLIs say ------------------------------------
-def start_daemon(name: str, pid_file: Path, args: list[str], log_file: Path) -> str:
+def start_daemon(name: str, pid_file: Path, args: list[str], log_file: Path,
+                 env: dict[str, str] | None = None) -> str:
     """Start ``fustor ARGS`` detached unless one runs already; returns the line to print."""
     running = running_pid(pid_file)
     if running is not None:
         return f"{name} already running with PID: {running}"
-    pid = spawn_detached(args, log_file)
+    pid = spawn_detached(args, log_file, env)
     if not wait_for_pid_file(pid_file, pid):
         raise OSError(f"{name.lower()} did not start; see {log_file}")
     return f"{name} started in the background with PID: {pid} (log: {log_file})"

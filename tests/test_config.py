@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fustor.config import (
+    AdminKey,
     ApiKey,
     FusionConfig,
-    KeyScope,
     PipeConfig,
     ReceiverConfig,
     ViewConfig,
@@ -21,9 +21,9 @@ from fustor.config import (
     enabled_pipes,
     fustor_home,
     load_fusion_config,
-    resolve_key,
 )
-from fustor.errors import ConfigError
+from fustor.errors import AuthError, ConfigError
+from fustor.fusion.auth import KeyTable, Principal
 
 # The example of fusion-protocol.md §8.3, verbatim.
 SPEC_EXAMPLE = """\
@@ -322,7 +322,7 @@ def test_shared_key_and_key_on_wrong_receiver_warn(tmp_path):
         pipes: {p: {receiver: r1, views: [v]}}
         """))
     assert len(cfg.warnings) == 2
-    assert any("receivers.r1.api_keys[0]" in w and "views.v.api_keys[0]" in w
+    assert any("views.v.api_keys[0]" in w and "also an admin or agent key" in w
                for w in cfg.warnings)
     assert any("receivers.r2.api_keys[0].pipe_id" in w for w in cfg.warnings)
     assert not any("s3cr3t" in w for w in cfg.warnings)  # secrets stay out of logs
@@ -356,33 +356,76 @@ def test_enabled_pipes_rules():
 # --------------------------------------------------------------------------- keys
 
 
-def test_resolve_key_order_and_scopes():
+def grants(cfg, key):
+    """(kind, pipe, views, admin) of a key, or None when it is refused (401)."""
+    try:
+        p = KeyTable(cfg).lookup(key)
+    except AuthError:
+        return None
+    return p.kind, p.pipe, sorted(p.views), p.admin
+
+
+def test_key_grants_merge_and_disabled_owners_do_not_count():
     cfg = FusionConfig(
         receivers={
             "r": ReceiverConfig(api_keys=[ApiKey("agent", "p"), ApiKey("shared", "p"),
-                                          ApiKey("idle", "q")]),
+                                          ApiKey("idle", "q"), ApiKey("agent", "q")]),
             "off": ReceiverConfig(disabled=True, api_keys=[ApiKey("dead", "p")]),
         },
         views={"v1": ViewConfig(api_keys=["query", "shared"]),
                "v2": ViewConfig(api_keys=["query", "two"]),
                "v3": ViewConfig(disabled=True, api_keys=["three"])},
         pipes={"p": PipeConfig("r", ["v3", "v2", "v1"]), "q": PipeConfig("r", ["v3"])},
+        admin_keys=[AdminKey("boss", "ops"), AdminKey("boss2")],
     )
-    assert resolve_key(cfg, "query") == KeyScope("view", "v1", ["v1"])  # first in order
-    assert resolve_key(cfg, "two") == KeyScope("view", "v2", ["v2"])
-    assert resolve_key(cfg, "shared") == KeyScope("view", "v1", ["v1"])  # views first
-    assert resolve_key(cfg, "agent") == KeyScope("pipe", "p", ["v2", "v1"])
-    assert resolve_key(cfg, "idle") == KeyScope("pipe", "q", [])  # pipe cannot run
+    assert grants(cfg, "query") == ("query", None, ["v1", "v2"], False)  # one key, two views
+    assert grants(cfg, "two") == ("query", None, ["v2"], False)
+    assert grants(cfg, "shared") == ("ingest", "p", ["v1"], False)  # both grants
+    assert grants(cfg, "agent") == ("ingest", "p", [], False)  # a key serves its first pipe
+    assert grants(cfg, "idle") == ("ingest", "q", [], False)
+    assert grants(cfg, "boss") == ("admin", None, [], True)
+    assert KeyTable(cfg).lookup("boss").key_id == "admin:ops"
+    assert KeyTable(cfg).lookup("boss2").key_id == "admin:#1"
     for unknown in ("three", "dead", "nope", "", None, "schlüssel"):
-        assert resolve_key(cfg, unknown) is None
+        assert grants(cfg, unknown) is None
     cfg.views["v2"].api_keys.append("schlüssel")  # non-ASCII keys compare fine too
-    assert resolve_key(cfg, "schlüssel") == KeyScope("view", "v2", ["v2"])
+    assert grants(cfg, "schlüssel") == ("query", None, ["v2"], False)
 
 
-def test_resolve_key_on_loaded_spec_example(tmp_path):
-    cfg = load_fusion_config(write(tmp_path, "c.yaml", SPEC_EXAMPLE))
-    assert resolve_key(cfg, "agent-key-1") == KeyScope("pipe", "research", ["research"])
-    assert resolve_key(cfg, "query-key") == KeyScope("view", "research", ["research"])
+def test_key_ids_never_contain_the_key(tmp_path):
+    cfg = load_fusion_config(write(tmp_path, "c.yaml", SPEC_EXAMPLE + "admin_keys: [sekrit-admin]\n"))
+    table = KeyTable(cfg)
+    for key in ("agent-key-1", "query-key", "sekrit-admin"):
+        p = table.lookup(key)
+        assert isinstance(p, Principal) and key not in p.key_id
+    assert table.lookup("agent-key-1").pipe == "research"
+    assert table.lookup("query-key").views == {"research"}
+    assert table.lookup("sekrit-admin").admin
+
+
+def test_admin_keys_and_tls_config(tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    folder = tmp_path / "conf"
+    write(folder, "a.yaml", SPEC_EXAMPLE + "admin_keys: [{key: k1, name: ops}]\n")
+    write(folder, "b.yaml", f"admin_keys: [k2]\ntls: {{cert_file: {cert}, key_file: {key}}}\n")
+    cfg = load_fusion_config(folder)
+    assert [(k.key, k.name) for k in cfg.admin_keys] == [("k1", "ops"), ("k2", None)]
+    assert cfg.tls and cfg.tls_cert_file == str(cert) and cfg.tls_key_file == str(key)
+    assert "k1" not in repr(cfg)  # keys stay out of reprs (and so out of tracebacks)
+    write(folder, "c.yaml", f"tls: {{cert_file: {tmp_path / 'nope.pem'}, key_file: {key}}}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: tls.cert_file: no such file"):
+        load_fusion_config(folder)
+    write(folder, "c.yaml", "admin_keys: [{name: nokey}]\n")
+    with pytest.raises(ConfigError, match=r"admin_keys\[0\].key: required"):
+        load_fusion_config(folder)
+
+
+def test_a_key_reused_across_kinds_is_warned_about_without_showing_it(tmp_path):
+    cfg = load_fusion_config(write(tmp_path, "c.yaml", SPEC_EXAMPLE + "admin_keys: [query-key]\n"))
+    assert any("also an admin or agent key" in w for w in cfg.warnings)
+    assert not any("query-key" in w for w in cfg.warnings)
 
 
 # --------------------------------------------------------------------------- zero config
@@ -393,11 +436,13 @@ def test_default_config_keys_persist_and_are_private(tmp_path):
     first = default_config(data)
     keys_file = data / "keys.yaml"
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
-    assert set(first.generated_keys) == {"ingest", "query"}
+    assert set(first.generated_keys) == {"ingest", "query", "admin"}
     assert len(first.generated_keys["ingest"]) >= 32
-    assert first.generated_keys["ingest"] != first.generated_keys["query"]
+    assert len(set(first.generated_keys.values())) == 3
+    assert first.keys_created
     second = default_config(data)
     assert second.generated_keys == first.generated_keys
+    assert not second.keys_created  # only the run that made them prints them
     assert [p.name for p in data.iterdir()] == ["keys.yaml"]  # no temp files left
     assert first.data_dir == str(data)
     assert list(enabled_pipes(second)) == ["default"]
@@ -405,16 +450,22 @@ def test_default_config_keys_persist_and_are_private(tmp_path):
     assert second.views["default"].driver == "fs"
     assert second.pipes["default"] == PipeConfig("default", ["default"])
     ingest, query = first.generated_keys["ingest"], first.generated_keys["query"]
-    assert resolve_key(second, ingest) == KeyScope("pipe", "default", ["default"])
-    assert resolve_key(second, query) == KeyScope("view", "default", ["default"])
+    assert grants(second, ingest) == ("ingest", "default", [], False)
+    assert grants(second, query) == ("query", None, ["default"], False)
+    assert grants(second, first.generated_keys["admin"]) == ("admin", None, [], True)
 
 
 def test_default_config_tightens_mode_and_rejects_broken_keys_file(tmp_path):
     keys_file = tmp_path / "keys.yaml"
     keys_file.write_text("ingest: i-key\nquery: q-key\n")
     keys_file.chmod(0o644)
-    cfg = default_config(tmp_path)
-    assert cfg.generated_keys == {"ingest": "i-key", "query": "q-key"}
+    cfg = default_config(tmp_path)  # a keys file from before admin keys: one is added
+    assert {k: v for k, v in cfg.generated_keys.items() if k != "admin"} == \
+        {"ingest": "i-key", "query": "q-key"}
+    assert cfg.keys_created and len(cfg.generated_keys["admin"]) >= 32
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    keys_file.chmod(0o644)
+    assert not default_config(tmp_path).keys_created
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
     keys_file.write_text("- not a map\n")
     with pytest.raises(ConfigError, match="keys.yaml"):

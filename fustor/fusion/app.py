@@ -10,8 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from fustor.errors import FustorError, NotReadyError, StoreBusyError
-from fustor.fusion.api import ingest, views
+from fustor.fusion.api import ingest, management, views
 from fustor.fusion.api.ingest import json_response
+from fustor.fusion.auth import requires, undeclared_routes
 from fustor.fusion.core import Fusion
 
 log = logging.getLogger("fustor.fusion")
@@ -82,10 +83,14 @@ def _app(fusion: Fusion, title: str, routers: list, lifespan=None) -> FastAPI:
     for r in routers:
         app.include_router(r)
 
-    @app.get("/")
+    @app.get("/", **requires("public"))
     async def root():
+        """A greeting (no key needed), as the original answered."""
         return {"message": "Welcome to Fusion Storage Engine Ingest API"}
 
+    missing = undeclared_routes(app)
+    if missing:  # every route must say who may call it (fusion/auth.py)
+        raise RuntimeError(f"routes without a declared scope: {', '.join(missing)}")
     app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
     return app
 
@@ -101,7 +106,9 @@ def create_app(fusion: Fusion, *, receiver_routes: bool = True) -> FastAPI:
         finally:
             await fusion.stop()
 
-    routers = [views.router, ingest.router] if receiver_routes else [views.router]
+    routers = [views.router, management.router]
+    if receiver_routes:
+        routers.append(ingest.router)
     return _app(fusion, "fustor fusion", routers, lifespan)
 
 

@@ -42,6 +42,12 @@ def serve_options(fn):
         click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
                      default=None, help="Also run an agent in this process that indexes DIR into "
                      "the first view (one command to index a directory and serve it)."),
+        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="PEM certificate (chain): serve HTTPS on every listener "
+                     "[default: from config tls.cert_file; none = plain HTTP]."),
+        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="PEM private key of --tls-cert [default: from config "
+                     "tls.key_file]."),
     ]):
         fn = opt(fn)
     return fn
@@ -50,9 +56,11 @@ def serve_options(fn):
 @fusion.command()
 @serve_options
 @friendly
-def serve(data_dir, config_path, host, port, verbose, watch_dir) -> None:
-    """Run fusion in the foreground until Ctrl-C or SIGTERM (SIGHUP reloads the config)."""
-    _serve(data_dir, config_path, host, port, verbose, watch_dir)
+def serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key) -> None:
+    """Run fusion in the foreground until Ctrl-C or SIGTERM (SIGHUP reloads the config).
+    With no config it generates an ingest, a query and an admin key into DATA/keys.yaml
+    and prints them once; `fustor fusion keys` shows them again."""
+    _serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key)
 
 
 @fusion.command()
@@ -60,17 +68,23 @@ def serve(data_dir, config_path, host, port, verbose, watch_dir) -> None:
 @click.option("-D", "--daemon", is_flag=True,
               help="Run in the background; output goes to $FUSTOR_HOME/logs/fusion.log.")
 @friendly
-def start(data_dir, config_path, host, port, verbose, watch_dir, daemon) -> None:
+def start(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key, daemon) -> None:
     """Start fusion (in the foreground unless -D); same options as `serve`."""
     from fustor.config import fustor_home
-    from fustor.pidfile import start_daemon
+    from fustor.pidfile import running_pid, start_daemon
 
     if not daemon:
-        return _serve(data_dir, config_path, host, port, verbose, watch_dir)
+        return _serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key)
     home = fustor_home()
+    if running_pid(home / "fusion.pid") is None and _config_target(config_path) is None:
+        # zero-config: make the keys here, so they reach this terminal and never the log
+        from fustor.config import default_config
+
+        _print_keys(default_config(data_dir or default_data_dir()), port or 8101)
     args = ["fusion", "serve"]
     for flag, value in (("--data", data_dir), ("--config", config_path), ("--host", host),
-                        ("--port", port), ("--watch", watch_dir)):
+                        ("--port", port), ("--watch", watch_dir), ("--tls-cert", tls_cert),
+                        ("--tls-key", tls_key)):
         if value is not None:
             args += [flag, str(value)]
     if verbose:
@@ -89,13 +103,66 @@ def stop() -> None:
 
 
 @fusion.command()
+@click.option("--timeout", type=float, default=15.0, show_default=True,
+              help="Seconds to wait for fusion to report what the reload did.")
 @friendly
-def reload() -> None:
-    """Re-read the YAML config (SIGHUP): views, pipes and receivers change without a restart."""
-    from fustor.config import fustor_home
-    from fustor.pidfile import reload_message
+def reload(timeout: float) -> None:
+    """Re-read the YAML config (SIGHUP): views, pipes and receivers change without a restart.
+    Prints what changed, or why the new config was refused (exit 1; the old one stays)."""
+    import signal
+    import time
 
-    click.echo(reload_message("Fusion", fustor_home() / "fusion.pid"))
+    import orjson
+
+    from fustor.config import fustor_home
+    from fustor.pidfile import running_pid
+
+    home = fustor_home()
+    result = home / RELOAD_RESULT
+    before = result.stat().st_mtime_ns if result.exists() else 0
+    pid = running_pid(home / "fusion.pid")
+    if pid is None:
+        click.echo("Fusion is not running.")
+        return
+    os.kill(pid, signal.SIGHUP)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if result.exists() and result.stat().st_mtime_ns != before:
+            try:
+                out = orjson.loads(result.read_bytes())
+                break
+            except orjson.JSONDecodeError:
+                pass
+        time.sleep(0.05)
+    else:
+        click.echo(f"Reload signal sent to PID {pid}; no answer within {timeout:.0f} s (a fusion "
+                   "on its built-in default config has nothing to reload; see its log)")
+        return
+    if out.get("status") != "reloaded":
+        raise FustorError(f"reload refused, the running config is kept: {out.get('detail')}")
+    from fustor.fusion.control import _diff_text
+
+    click.echo(f"Reloaded (PID {pid}): {_diff_text(out.get('diff') or {})}")
+
+
+@fusion.command()
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="The data directory of the zero-config fusion [default: "
+              "$FUSTOR_HOME/data].")
+@friendly
+def keys(data_dir: Path | None) -> None:
+    """Show the keys a zero-config fusion generated (ingest for agents, query for readers,
+    admin for operators). With config files, the keys are the ones written there."""
+    from fustor.config import KEYS_FILE, load_keys
+
+    path = (data_dir or default_data_dir()) / KEYS_FILE
+    found = load_keys(path)
+    if not found:
+        raise FustorError(f"no generated keys in {path}; a fusion with config files uses the "
+                          "api_keys and admin_keys written in them")
+    for name in ("ingest", "query", "admin"):
+        if name in found:
+            click.echo(f"{name + ' key:':<12} {found[name]}")
 
 
 @fusion.command()
@@ -109,18 +176,58 @@ def status() -> None:
     click.echo(f"RUNNING (PID: {pid})" if pid else "STOPPED")
 
 
+RELOAD_RESULT = "fusion-reload.json"
+
+
+def _config_target(config_path: Path | None) -> Path | None:
+    """The config to load: the given one, else $FUSTOR_HOME/fusion-config/ if it holds any."""
+    from fustor.config import fustor_home
+
+    cfg_dir = fustor_home() / "fusion-config"
+    if config_path is None and cfg_dir.is_dir() and any(cfg_dir.glob("*.y*ml")):
+        return cfg_dir
+    return config_path
+
+
+def _print_keys(cfg, port: int) -> None:
+    """The zero-config keys, printed only by the run that generated them."""
+    keys = cfg.generated_keys
+    if not cfg.keys_created or not keys:
+        if keys:
+            click.echo("  keys: `fustor fusion keys` shows them")
+        return
+    rport = next(iter(cfg.receivers.values())).port
+    click.echo("  new keys (kept in DATA/keys.yaml; `fustor fusion keys` shows them again):")
+    click.echo(f"  ingest key: {keys['ingest']}")
+    click.echo(f"  query key:  {keys['query']}")
+    click.echo(f"  admin key:  {keys['admin']}")
+    click.echo(f"  point an agent at it: fustor agent start --watch DIR "
+               f"--fusion http://HOST:{rport} --key {keys['ingest']}")
+    click.echo(f"  query: curl -H 'X-API-Key: {keys['query']}' "
+               f"http://127.0.0.1:{port}/api/v1/views/default/stats")
+
+
 def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
-           port: int | None, verbose: bool, watch_dir: Path | None = None) -> None:
+           port: int | None, verbose: bool, watch_dir: Path | None = None,
+           tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
     from fustor.config import default_config, fustor_home, load_fusion_config
+    from fustor.errors import ConfigError
     from fustor.fusion.core import Fusion
     from fustor.fusion.server import serve as run
 
     data_dir = data_dir or default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    cfg_dir = fustor_home() / "fusion-config"
-    if config_path is None and cfg_dir.is_dir() and any(cfg_dir.glob("*.y*ml")):
-        config_path = cfg_dir
-    cfg = load_fusion_config(config_path) if config_path else default_config(data_dir)
+    config_path = _config_target(config_path)
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: give both")
+
+    def load():
+        c = load_fusion_config(config_path) if config_path else default_config(data_dir)
+        if tls_cert:
+            c.tls_cert_file, c.tls_key_file = str(tls_cert), str(tls_key)
+        return c
+
+    cfg = load()
     setup_logging(cfg.logging, verbose)
     for item in getattr(cfg, "ignored", []):
         logging.getLogger("fustor.config").info("ignored config key (not used by this fusion): %s", item)
@@ -130,21 +237,16 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
     f.open()
 
     def ready() -> None:
-        click.echo(f"fusion listening on http://{host}:{port} (data in {data_dir})")
-        keys = getattr(cfg, "generated_keys", None)
-        if keys:
-            rport = next(iter(cfg.receivers.values())).port
-            click.echo(f"  ingest key: {keys['ingest']}")
-            click.echo(f"  query key:  {keys['query']}")
-            click.echo(f"  point an agent at it: fustor agent start --watch DIR "
-                       f"--fusion http://HOST:{rport} --key {keys['ingest']}")
-            click.echo(f"  query: curl -H 'X-API-Key: {keys['query']}' "
-                       f"http://127.0.0.1:{port}/api/v1/views/default/stats")
+        scheme = "https" if cfg.tls else "http"
+        click.echo(f"fusion listening on {scheme}://{host}:{port} (data in {data_dir})")
+        _print_keys(cfg, port)
 
-    loader = (lambda: load_fusion_config(config_path)) if config_path else None
+    loader = load if config_path else None
     companion = _embedded_agent(cfg, port, watch_dir) if watch_dir else None
+    use_pid = os.environ.get("FUSTOR_PID_FILE", "1") == "1"
     asyncio.run(run(f, host, port, on_ready=ready, load_config=loader, companion=companion,
-                    pid_file=fustor_home() / "fusion.pid" if os.environ.get("FUSTOR_PID_FILE", "1") == "1" else None))
+                    pid_file=fustor_home() / "fusion.pid" if use_pid else None,
+                    reload_result=fustor_home() / RELOAD_RESULT if use_pid else None))
 
 
 def _embedded_agent(cfg, port: int, watch_dir: Path):

@@ -1,7 +1,9 @@
 """The fusion runtime without HTTP: config, views, sessions, and what each agent call does.
 
 The API modules translate HTTP into calls on :class:`Fusion`; tests can call it
-directly. Each method takes the caller's API key and checks it first.
+directly. The agent-facing methods take the caller's :class:`~fustor.fusion.auth.Principal`
+(which routes resolve and scope-check before anything else, see ``auth.py``) and check
+that sessions and views belong to the key's pipe.
 """
 
 from __future__ import annotations
@@ -9,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from fustor.config import FusionConfig, KeyScope, enabled_pipes, resolve_key
+from fustor.config import FusionConfig, enabled_pipes
 from fustor.errors import (
-    AuthError,
     BadPayloadError,
     ConfigError,
     ForbiddenError,
     NotFoundError,
     NotReadyError,
 )
+from fustor.fusion.action_log import ActionLog
+from fustor.fusion.auth import KeyTable, Principal, check
+from fustor.fusion.control import ControlPlane
+from fustor.fusion.fleet import Fleet
 from fustor.fusion.sessions import Session, SessionManager
 from fustor.fusion.views.forest import ForestView
 from fustor.fusion.views.fs import FsView
@@ -32,6 +38,14 @@ class Fusion:
         self.cfg = cfg
         self.data_dir = Path(data_dir)
         self.sessions = SessionManager()
+        self.keys = KeyTable(cfg)
+        self.fleet = Fleet()
+        self.sessions.on_close = self.fleet.session_closed
+        self.actions = ActionLog(self.data_dir)
+        self.control = ControlPlane(self)
+        # re-reads the config and applies it (set by the server, which also binds and
+        # unbinds receiver ports); returns the diff or raises ReloadRefusedError
+        self.reloader: Callable[[], dict] | None = None
         self.views: dict[str, FsView | ForestView] = {}
         self.pipes = enabled_pipes(cfg)
         self.started_at = time.time()
@@ -105,6 +119,7 @@ class Fusion:
             if pc is None or list(pc.views) != s.keys:
                 self.sessions.close(s.session_id)  # the agent gets 419 and reconnects
         self.cfg = cfg
+        self.keys = KeyTable(cfg)
         self.pipes = new_pipes
         for vid in removed_views:
             self.views.pop(vid).close()
@@ -144,6 +159,7 @@ class Fusion:
     async def _cleanup(self) -> None:
         for s in self.sessions.expire():
             log.info("session %s (%s) expired", s.session_id, s.task_id)
+        self.fleet.tick()
 
     async def _sweep(self) -> None:
         for v in self.fs_views():
@@ -154,24 +170,18 @@ class Fusion:
                     await v.sweep_suspects()
 
     # -- keys ---------------------------------------------------------------------
-    def scope(self, key: str | None) -> KeyScope:
-        if not key:
-            raise AuthError("X-API-Key header is missing")
-        sc = resolve_key(self.cfg, key)
-        if sc is None:
-            raise AuthError("Invalid or inactive X-API-Key")
-        return sc
+    def principal(self, key: str | None) -> Principal:
+        """The grants of an ``X-API-Key`` (401 if missing or unknown)."""
+        return self.keys.lookup(key)
 
-    def pipe_scope(self, key: str | None) -> str:
-        sc = self.scope(key)
-        if sc.kind != "pipe":
-            raise ForbiddenError("this key is a query key; agents need a receiver (ingest) key")
-        if sc.id not in self.pipes:
-            raise ConfigError(f"Pipe {sc.id} not found or not enabled; check its receiver and views")
-        return sc.id
+    def pipe_scope(self, who: Principal) -> str:
+        check(who, "ingest")
+        if who.pipe not in self.pipes:
+            raise ConfigError(f"Pipe {who.pipe} not found or not enabled; check its receiver and views")
+        return who.pipe
 
-    def session_of(self, key: str | None, sid: str) -> Session:
-        pipe = self.pipe_scope(key)
+    def session_of(self, who: Principal, sid: str) -> Session:
+        pipe = self.pipe_scope(who)
         s = self.sessions.get(sid)
         if s.pipe_id != pipe:
             raise ForbiddenError(f"session {sid} belongs to another pipe than this key's")
@@ -184,8 +194,8 @@ class Fusion:
         return v
 
     # -- sessions -----------------------------------------------------------------
-    async def create_session(self, key: str | None, body: dict, client_ip: str | None = None) -> dict:
-        pipe_id = self.pipe_scope(key)
+    async def create_session(self, who: Principal, body: dict, client_ip: str | None = None) -> dict:
+        pipe_id = self.pipe_scope(who)
         pc = self.pipes[pipe_id]
         hint = body.get("session_timeout_seconds")
         info = body.get("client_info") or {}
@@ -199,6 +209,7 @@ class Fusion:
             pipe_id, self.keys_of_pipe(pipe_id), task_id, hint or pc.session_timeout_seconds,
             pc.allow_concurrent_push, info.get("source_uri"), client_ip,
         )
+        self.fleet.session_opened(s)
         for v in self.targets(pipe_id):
             await v.session_start()
         role = self.sessions.role(s)
@@ -211,15 +222,18 @@ class Fusion:
             "message": "Session created successfully",
         }
 
-    def heartbeat(self, key: str | None, sid: str, body: dict) -> dict:
-        s = self.session_of(key, sid)
-        s, cmds = self.sessions.heartbeat(sid, body.get("can_realtime"), body.get("agent_status"))
+    def heartbeat(self, who: Principal, sid: str, body: dict) -> dict:
+        s = self.session_of(who, sid)
+        status = body.get("agent_status")
+        s, cmds = self.sessions.heartbeat(sid, body.get("can_realtime"),
+                                          status if isinstance(status, dict) else None)
+        self.fleet.heartbeat(s, status, cmds)
         role = self.sessions.role(s)
         return {"status": "ok", "role": role, "is_leader": role == "leader", "message": None,
                 "can_realtime": None, "commands": cmds}
 
-    def close_session(self, key: str | None, sid: str) -> dict:
-        pipe = self.pipe_scope(key)
+    def close_session(self, who: Principal, sid: str) -> dict:
+        pipe = self.pipe_scope(who)
         s = self.sessions.sessions.get(sid)
         if s is not None and s.pipe_id != pipe:
             raise ForbiddenError(f"session {sid} belongs to another pipe than this key's")
@@ -227,14 +241,16 @@ class Fusion:
         return {"status": "terminated", "session_id": sid}
 
     # -- events -------------------------------------------------------------------
-    async def push(self, key: str | None, sid: str, batch: dict) -> dict:
-        s = self.session_of(key, sid)
+    async def push(self, who: Principal, sid: str, batch: dict) -> dict:
+        s = self.session_of(who, sid)
         source_type = batch.get("source_type") or "message"
         meta = batch.get("metadata") or {}
         if source_type in ("job_complete", "find_complete", "scan_complete") or (
             source_type == "on_demand_job" and meta
         ):
-            self.sessions.finish_scan(s, meta.get("scan_path"), meta.get("job_id"))
+            job = self.sessions.finish_scan(s, meta.get("scan_path"), meta.get("job_id"))
+            if job is not None:
+                self.fleet.job_finished(job.job_id)
             return {"status": "ok", "phase": "job_complete"}
         self.sessions.touch(sid)
         events = batch.get("events") or []
@@ -268,42 +284,33 @@ class Fusion:
         return out
 
     # -- consistency signals (no session: the key names the pipe) ---------------------
-    def _views_for_key(self, key: str | None) -> list[FsView]:
-        sc = self.scope(key)
-        if sc.kind == "pipe" and sc.id in self.pipes:
-            return self.targets(sc.id)
-        out: list[FsView] = []
-        for v in sc.views:
-            view = self.views.get(v)
-            if isinstance(view, ForestView):
-                out.extend(view.members.values())
-            elif view is not None:
-                out.append(view)
-        return out
+    def _views_for_key(self, who: Principal) -> list[FsView]:
+        """The trees of the key's pipe (the safe reading of spec §3.7)."""
+        check(who, "ingest")
+        return self.targets(who.pipe) if who.pipe in self.pipes else []
 
-    async def audit_start(self, key: str | None) -> dict:
-        views = self._views_for_key(key)
+    async def audit_start(self, who: Principal) -> dict:
+        views = self._views_for_key(who)
         for v in views:
             await v.audit_start()
         return {"status": "audit_started", "drivers_handled": len(views)}
 
-    async def audit_end(self, key: str | None) -> dict:
-        views = self._views_for_key(key)
+    async def audit_end(self, who: Principal) -> dict:
+        views = self._views_for_key(who)
         for v in views:
             await v.audit_end()
         return {"status": "audit_ended", "drivers_handled": len(views)}
 
-    def sentinel_tasks(self, key: str | None) -> dict:
-        sc = self.scope(key)
+    def sentinel_tasks(self, who: Principal) -> dict:
         paths: list[str] = []
-        for v in self._views_for_key(key):
+        for v in self._views_for_key(who):
             paths.extend(v.suspect_paths())
         if not paths:
             return {}
-        return {"type": "suspect_check", "paths": sorted(set(paths)), "view_id": sc.id}
+        return {"type": "suspect_check", "paths": sorted(set(paths)), "view_id": who.pipe}
 
-    async def sentinel_feedback(self, key: str | None, body: dict) -> dict:
-        views = self._views_for_key(key)
+    async def sentinel_feedback(self, who: Principal, body: dict) -> dict:
+        views = self._views_for_key(who)
         if body.get("type") != "suspect_update":
             return {"status": "ignored", "reason": "unknown_type"}
         updates = body.get("updates") or []

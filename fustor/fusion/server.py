@@ -7,12 +7,15 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import orjson
 import uvicorn
 
 from fustor.config import FusionConfig, enabled_pipes
+from fustor.errors import ReloadRefusedError
 from fustor.fusion.app import create_app, create_receiver_app
 from fustor.fusion.core import Fusion
 
@@ -35,23 +38,44 @@ def receiver_ports(cfg: FusionConfig) -> list[tuple[str, int]]:
     return [(h, p) for p, h in out.items()]
 
 
+def _tls(cfg: FusionConfig) -> dict:
+    """uvicorn's TLS options: every listener (main and receivers) serves HTTPS when set."""
+    if not cfg.tls:
+        return {}
+    return {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
+
+
 def _receiver_server(fusion: Fusion, host: str, port: int, log_level: str) -> _Server:
     return _Server(uvicorn.Config(create_receiver_app(fusion), host=host, port=port,
-                                  log_level=log_level, lifespan="off", access_log=False))
+                                  log_level=log_level, lifespan="off", access_log=False,
+                                  **_tls(fusion.cfg)))
+
+
+def write_reload_result(path: Path | None, result: dict) -> None:
+    """What the last reload did, for `fustor fusion reload` to print (0600, atomic)."""
+    if path is None:
+        return
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(orjson.dumps(result))
+    os.replace(tmp, path)
 
 
 async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warning",
                 on_ready: Callable[[], None] | None = None,
                 pid_file: Path | None = None,
                 load_config: Callable[[], FusionConfig] | None = None,
-                companion: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP re-reads the config through ``load_config``.
+                companion: Callable[[], Awaitable[None]] | None = None,
+                reload_result: Path | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP (or ``POST /api/v1/management/reload``) re-reads
+    the config through ``load_config``, and the outcome goes to ``reload_result``.
 
     ``companion`` (e.g. the embedded agent of ``serve --watch``) runs once the listeners
     are up and is cancelled at shutdown.
     """
     main = _Server(uvicorn.Config(create_app(fusion), host=host, port=port, log_level=log_level,
-                                  lifespan="on", access_log=False))
+                                  lifespan="on", access_log=False, **_tls(fusion.cfg)))
     servers = [main]
     receivers: dict[int, _Server] = {}
     for rhost, rport in receiver_ports(fusion.cfg):
@@ -65,24 +89,40 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
         for s in servers:
             s.should_exit = True
 
-    def reload() -> None:
+    def apply_reload() -> dict:
+        """Re-read and apply the config; the diff, or ReloadRefusedError (old one kept)."""
         if load_config is None:
-            log.warning("SIGHUP ignored: fusion runs on its built-in default config")
-            return
+            raise ReloadRefusedError("this fusion runs on its built-in default config (no "
+                                     "config files), so there is nothing to re-read")
         try:
             cfg = load_config()
         except Exception as exc:  # a bad edit must not take the server down
-            log.error("reload refused, keeping the running config: %s", exc)
-            return
-        fusion.reload(cfg)
+            msg = getattr(exc, "message", None) or str(exc)
+            log.error("reload refused, keeping the running config: %s", msg)
+            write_reload_result(reload_result, {"at": time.time(), "status": "refused",
+                                                "detail": msg})
+            raise ReloadRefusedError(f"reload refused, the running config is kept: {msg}") from None
+        diff = fusion.reload(cfg)
         want = {p: h for h, p in receiver_ports(cfg) if p != port}
-        for rport in [p for p in receivers if p not in want]:
+        diff["receiver_ports_closed"] = [p for p in receivers if p not in want]
+        for rport in diff["receiver_ports_closed"]:
             receivers.pop(rport).should_exit = True
-        for rport, rhost in want.items():
-            if rport not in receivers:
-                receivers[rport] = srv = _receiver_server(fusion, rhost, rport, log_level)
-                servers.append(srv)
-                tasks.append(asyncio.create_task(srv.serve()))
+        diff["receiver_ports_opened"] = [p for p in want if p not in receivers]
+        for rport in diff["receiver_ports_opened"]:
+            receivers[rport] = srv = _receiver_server(fusion, want[rport], rport, log_level)
+            servers.append(srv)
+            tasks.append(asyncio.create_task(srv.serve()))
+        write_reload_result(reload_result, {"at": time.time(), "status": "reloaded",
+                                            "diff": diff})
+        return diff
+
+    def reload() -> None:
+        try:
+            apply_reload()
+        except ReloadRefusedError as exc:
+            log.warning("SIGHUP: %s", exc.message)
+
+    fusion.reloader = apply_reload
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

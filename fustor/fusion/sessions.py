@@ -78,6 +78,7 @@ class SessionManager:
         self.authoritative: dict[str, str] = {}
         self.completed: dict[str, str] = {}
         self.jobs: dict[str, Job] = {}
+        self.on_close: Callable[[Session], None] | None = None  # e.g. the fleet's bookkeeping
 
     # -- lifecycle ----------------------------------------------------------------
     def create(
@@ -133,6 +134,8 @@ class SessionManager:
         s = self.sessions.pop(sid, None)
         if s is None:
             return None
+        if self.on_close is not None:
+            self.on_close(s)
         for k in s.keys:
             if self.leader.get(k) == sid:
                 del self.leader[k]
@@ -182,17 +185,20 @@ class SessionManager:
     def queue(self, s: Session, command: dict) -> None:
         s.commands.append(command)
 
-    def start_scan(self, view_id: str, key: str, path: str, recursive: bool) -> Job:
-        targets = self.for_key(key)
+    def start_scan(self, view_id: str, key: str | None, path: str, recursive: bool, *,
+                   targets: list[Session] | None = None, extra: dict | None = None) -> Job:
+        """Queue a scan of ``path`` on every session of election ``key`` (or on ``targets``)."""
+        targets = self.for_key(key) if targets is None else targets
         job = Job(secrets.token_hex(4), view_id, path, recursive, {s.session_id for s in targets})
         self.jobs[job.job_id] = job
         for s in targets:
             s.pending_scans.add(path)
             self.queue(s, {"type": "scan", "path": path, "recursive": recursive,
-                           "job_id": job.job_id, "created_at": job.created_at})
+                           "job_id": job.job_id, "created_at": job.created_at, **(extra or {})})
         return job
 
-    def finish_scan(self, s: Session, path: str | None, job_id: str | None) -> None:
+    def finish_scan(self, s: Session, path: str | None, job_id: str | None) -> Job | None:
+        """The session finished its part of a scan; returns the job if that completed it."""
         if path:
             s.pending_scans.discard(path)
         job = self.jobs.get(job_id or "")
@@ -200,6 +206,8 @@ class SessionManager:
             job.done.add(s.session_id)
             if job.status(set(self.sessions)) == "COMPLETED" and job.completed_at is None:
                 job.completed_at = time.time()
+                return job
+        return None
 
     def scan_pending(self, key: str, path: str) -> str | None:
         for s in self.for_key(key):

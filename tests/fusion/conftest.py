@@ -8,8 +8,10 @@ from fustor.fusion.core import Fusion
 INGEST = "ingest-key-a"
 INGEST_B = "ingest-key-b"
 QUERY = "query-key"
+ADMIN = "admin-key"
 
 CONFIG = """
+admin_keys: [{key: admin-key, name: ops}]
 receivers:
   main: {driver: http, port: 18888, api_keys: [{key: ingest-key-a, pipe_id: research}, {key: ingest-key-b, pipe_id: other}]}
 views:

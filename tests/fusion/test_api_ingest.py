@@ -1,9 +1,10 @@
 """The agent protocol and the query API, in process (the fusion app behind httpx's ASGI transport)."""
 
-from tests.fusion.conftest import INGEST, INGEST_B, QUERY, batch, event, make_fusion, row
+from tests.fusion.conftest import ADMIN, INGEST, INGEST_B, QUERY, batch, event, make_fusion, row
 
 A = {"X-API-Key": INGEST}
 Q = {"X-API-Key": QUERY}
+ADM = {"X-API-Key": ADMIN}
 
 
 async def open_session(client, headers=A, task="agent1:research"):
@@ -158,8 +159,10 @@ async def test_on_demand_scan_reaches_the_agent_in_its_next_heartbeat(fusion_app
     _f, c = fusion_app
     sid = (await open_session(c))["session_id"]
     await push(c, sid, batch([event([row("/d", is_dir=True)])], is_end=True))
-    r = await c.get("/api/v1/views/research/tree", params={"path": "/d/new", "on_demand_scan": "true"},
-                    headers=Q)
+    scan = {"path": "/d/new", "on_demand_scan": "true"}
+    r = await c.get("/api/v1/views/research/tree", params=scan, headers=Q)
+    assert r.status_code == 403 and "admin key" in r.json()["detail"]  # readers cannot make agents walk
+    r = await c.get("/api/v1/views/research/tree", params=scan, headers=ADM)
     assert r.status_code == 200 and r.json()["job_pending"] is True
     job_id = r.json()["job_id"]
     hb = (await c.post(f"/api/v1/pipe/session/{sid}/heartbeat", json={}, headers=A)).json()
@@ -260,8 +263,8 @@ async def test_one_pipe_feeds_two_views_and_two_pipes_feed_one_view(tmp_path):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(f)), base_url="http://f") as c:
         sid = (await open_session(c, {"X-API-Key": "k-both"}, "a:both"))["session_id"]
         await push(c, sid, batch([event([row("/x", size=3)])], is_end=True), {"X-API-Key": "k-both"})
-        for v in ("left", "right"):  # fan-out: both views got the row and are ready
-            st = (await c.get(f"/api/v1/views/{v}/stats", headers={"X-API-Key": "q"})).json()
+        for v, k in (("left", "q"), ("right", "q2")):  # fan-out: both views got the row
+            st = (await c.get(f"/api/v1/views/{v}/stats", headers={"X-API-Key": k})).json()
             assert st["file_count"] == 1 and st["total_size"] == 3
         one = await open_session(c, {"X-API-Key": "k-n1"}, "a:n1")
         two = await open_session(c, {"X-API-Key": "k-n2"}, "b:n2")

@@ -9,6 +9,7 @@ from tests.procs import Proc, free_port, wait_http, wait_until
 
 KEY = "proc-ingest"
 QKEY = "proc-query"
+AKEY = "proc-admin"
 
 
 def config(port, rport, timeout=30, cleanup=5.0):
@@ -16,6 +17,7 @@ def config(port, rport, timeout=30, cleanup=5.0):
 host: 127.0.0.1
 port: {port}
 session_cleanup_interval: {cleanup}
+admin_keys: [{AKEY}]
 receivers:
   r: {{driver: http, bind_host: 127.0.0.1, port: {rport}, api_keys: [{{key: {KEY}, pipe_id: v}}]}}
 views:
@@ -126,13 +128,18 @@ def test_zero_config_serve_prints_keys_once_and_keeps_them(tmp_path):
                   "--port", str(port)], tmp_path / "home", tmp_path / f"z{i}.log")
         try:
             wait_http(f"http://127.0.0.1:{port}/", p)
-            wait_until(lambda p=p: "query key" in p.output(), what="the printed keys")
+            wait_until(lambda p=p: "fusion listening" in p.output(), what="the start banner")
+            wait_until(lambda p=p: p.output().rstrip().endswith(("stats", "shows them")),
+                       what="the key lines")
             outputs.append(p.output())
         finally:
             assert p.stop() == 0
     keys = [[ln.split(":", 1)[1].strip() for ln in o.splitlines() if "key:" in ln] for o in outputs]
-    assert keys[0] == keys[1] and len(keys[0]) == 2
+    assert len(keys[0]) == 3 and keys[1] == []  # printed by the run that made them, only
     assert "fustor agent start --watch" in outputs[0]
+    assert "`fustor fusion keys` shows them" in outputs[1]
+    shown = run_cli(["fusion", "keys", "--data", str(tmp_path / "data")], tmp_path / "home").stdout
+    assert [ln.split(":", 1)[1].strip() for ln in shown.splitlines()] == keys[0]
 
 
 def test_config_error_names_file_and_key_and_the_server_does_not_start(tmp_path):
@@ -177,8 +184,13 @@ def test_daemon_start_status_reload_with_a_new_pipe_and_stop(tmp_path):
 views:
   w: {{driver: fs, api_keys: [w-query]}}
 """, 1).replace("pipes:\n", "pipes:\n  w: {receiver: r2, views: [w]}\n", 1)
+            cfg.write_text("pipes: [broken\n")
+            refused = run_cli(["fusion", "reload"], home)
+            assert refused.returncode == 1 and "reload refused" in refused.stderr, refused
             cfg.write_text(text)
-            assert "Reload signal sent" in run_cli(["fusion", "reload"], home).stdout
+            done = run_cli(["fusion", "reload"], home)
+            assert done.returncode == 0 and "Reloaded" in done.stdout, done
+            assert "pipes_added: w" in done.stdout and f"receiver_ports_opened: {rport2}" in done.stdout
             wait_until(lambda: c.get(f"http://127.0.0.1:{rport2}/").status_code == 200, what="new receiver")
             w = c.post(f"http://127.0.0.1:{rport2}/api/v1/pipe/session/", json={"task_id": "h:w"},
                        headers={"X-API-Key": "key-w"})
@@ -190,13 +202,18 @@ views:
         stopped = run_cli(["fusion", "stop"], home)
     assert "stopped" in stopped.stdout
     assert run_cli(["fusion", "status"], home).stdout.strip() == "STOPPED"
-    assert "fusion listening" in (home / "logs" / "fusion.log").read_text()
+    log = home / "logs" / "fusion.log"
+    assert "fusion listening" in log.read_text()
+    assert oct(log.stat().st_mode & 0o777) == "0o600"  # a log is no place for others to read
+    for secret in (KEY, QKEY, AKEY, "key-w", "w-query"):
+        assert secret not in log.read_text()
 
 
 def test_bad_input_gets_clear_errors_and_leaves_no_traceback_or_dead_writer(server):
     proc, url, rurl = server()
     with httpx.Client(base_url=rurl, headers={"X-API-Key": KEY}, timeout=10) as a, \
-            httpx.Client(base_url=url, headers={"X-API-Key": QKEY}, timeout=10) as q:
+            httpx.Client(base_url=url, headers={"X-API-Key": QKEY}, timeout=10) as q, \
+            httpx.Client(base_url=url, headers={"X-API-Key": AKEY}, timeout=10) as adm:
         sid = a.post("/api/v1/pipe/session/", json={"task_id": "h:v"}).json()["session_id"]
         url_ev = f"/api/v1/pipe/ingest/{sid}/events"
         raw = {"content-type": "application/json"}
@@ -211,9 +228,10 @@ def test_bad_input_gets_clear_errors_and_leaves_no_traceback_or_dead_writer(serv
             a.post("/api/v1/pipe/consistency/sentinel/feedback", json={"type": "suspect_update", "updates": 5}).status_code,
             a.post(f"/api/v1/pipe/session/{sid}/heartbeat", content=b"garbage", headers=raw).status_code,
             q.get("/api/v1/views/v/tree", params={"max_depth": -1}).status_code,
-            q.get("/api/v1/views/nope/stats").status_code,
+            q.get("/api/v1/views/nope/stats").status_code,  # not its view: 403, existing or not
+            adm.get("/api/v1/views/nope/stats").status_code,
         ]
-        assert answers == [400, 422, 422, 200, 200, 422, 422, 422, 200, 422, 404]
+        assert answers == [400, 422, 422, 200, 200, 422, 422, 422, 200, 422, 403, 404]
         good = a.post(url_ev, json={"events": [rows_event([f("/ok", 1.0)], "snapshot")], "source_type": "snapshot",
                                     "is_end": True})
         assert good.status_code == 200  # the writer thread is alive and well

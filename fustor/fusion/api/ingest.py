@@ -1,9 +1,10 @@
 """Agent-facing routes (the receiver): sessions, event batches, consistency signals.
 
 Paths and payloads are those of the 0.8.17 wire protocol (spec/fusion-protocol.md
-§3). Unlike the original, every session route checks that the session belongs to
-the caller key's pipe, and an unknown or expired session answers 419 on every
-route, so agents re-create their session at once.
+§3). Unlike the original, every route needs the pipe's ingest key (checked before
+the body is read), every session route checks that the session belongs to that
+pipe, and an unknown or expired session answers 419 on every route, so agents
+re-create their session at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fustor.errors import BadPayloadError, MalformedJsonError
+from fustor.fusion.auth import principal, requires
 from fustor.protocol import dumps, loads
 
 router = APIRouter(prefix="/api/v1/pipe")
@@ -38,6 +40,18 @@ class EventBatch(BaseModel):
     source_type: str = "message"
     is_end: bool = False
     metadata: dict | None = None
+
+
+class SentinelFeedback(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str = "suspect_update"
+    updates: list[dict] = []
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    can_realtime: bool = False
+    agent_status: dict | None = None
 
 
 class CreateSession(BaseModel):
@@ -86,61 +100,63 @@ def fusion(request: Request):
     return request.app.state.fusion
 
 
-def api_key(request: Request) -> str | None:
-    return request.headers.get("x-api-key")
-
-
-@router.get("/session/")
+@router.get("/session/", **requires("any"))
 async def discover(request: Request):
-    """Which pipe or view this key is for."""
-    sc = fusion(request).scope(api_key(request))
-    return json_response({"view_id": sc.id, "status": "authorized"})
+    """Which pipe (agent key) or view (query key) this key is for."""
+    who = principal(request)
+    scope = who.pipe or min(who.views, default=None) or ("admin" if who.admin else None)
+    return json_response({"view_id": scope, "status": "authorized"})
 
 
-@router.post("/session/")
+@router.post("/session/", **requires("ingest", CreateSession))
 async def create_session(request: Request):
     """Open a session for the key's pipe; the reply says leader or follower."""
     body = await parse(request, CreateSession)
     ip = request.client.host if request.client else None
-    return json_response(await fusion(request).create_session(api_key(request), body, ip))
+    return json_response(await fusion(request).create_session(principal(request), body, ip))
 
 
-@router.post("/session/{session_id}/heartbeat")
+@router.post("/session/{session_id}/heartbeat", **requires("ingest", Heartbeat))
 async def heartbeat(session_id: str, request: Request):
     """Keep the session alive; returns the role and any queued commands."""
     body = await parse(request, tolerant=True)
-    return json_response(fusion(request).heartbeat(api_key(request), session_id, body))
+    return json_response(fusion(request).heartbeat(principal(request), session_id, body))
 
 
-@router.delete("/session/{session_id}")
+@router.delete("/session/{session_id}", **requires("ingest"))
 async def close_session(session_id: str, request: Request):
     """Close the session; leadership passes to the oldest other session."""
-    return json_response(fusion(request).close_session(api_key(request), session_id))
+    return json_response(fusion(request).close_session(principal(request), session_id))
 
 
-@router.post("/ingest/{session_id}/events")
+@router.post("/ingest/{session_id}/events", **requires("ingest", EventBatch))
 async def push_events(session_id: str, request: Request):
     """Apply a batch of events; 200 means committed to disk (all rows, or all valid rows)."""
+    fusion(request).session_of(principal(request), session_id)  # before reading the body
     body = await parse(request, EventBatch)
-    return json_response(await fusion(request).push(api_key(request), session_id, body))
+    return json_response(await fusion(request).push(principal(request), session_id, body))
 
 
-@router.post("/consistency/audit/start")
+@router.post("/consistency/audit/start", **requires("ingest"))
 async def audit_start(request: Request):
-    return json_response(await fusion(request).audit_start(api_key(request)))
+    """An audit cycle of the key's pipe begins (agents may also just send audit rows)."""
+    return json_response(await fusion(request).audit_start(principal(request)))
 
 
-@router.post("/consistency/audit/end")
+@router.post("/consistency/audit/end", **requires("ingest"))
 async def audit_end(request: Request):
-    return json_response(await fusion(request).audit_end(api_key(request)))
+    """The audit cycle of the key's pipe is over: what it did not see is deleted."""
+    return json_response(await fusion(request).audit_end(principal(request)))
 
 
-@router.get("/consistency/sentinel/tasks")
+@router.get("/consistency/sentinel/tasks", **requires("ingest"))
 async def sentinel_tasks(request: Request):
-    return json_response(fusion(request).sentinel_tasks(api_key(request)))
+    """Suspect paths of the key's pipe for the agent to re-stat."""
+    return json_response(fusion(request).sentinel_tasks(principal(request)))
 
 
-@router.post("/consistency/sentinel/feedback")
+@router.post("/consistency/sentinel/feedback", **requires("ingest", SentinelFeedback))
 async def sentinel_feedback(request: Request):
+    """Re-stat results for the suspects of the key's pipe."""
     body = await parse(request)
-    return json_response(await fusion(request).sentinel_feedback(api_key(request), body))
+    return json_response(await fusion(request).sentinel_feedback(principal(request), body))

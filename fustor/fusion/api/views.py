@@ -1,21 +1,31 @@
-"""User-facing query routes of a view: tree, stats, search, blind spots, suspects, jobs, sessions."""
+"""User-facing routes of a view: tree, stats, search, blind spots, suspects, jobs, sessions.
+
+Reading needs a query key of the view (or an admin key); changing view data (reset,
+suspect-list PUT, an on-demand scan) needs an admin key. See ``fusion/auth.py``.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from pydantic import BaseModel
 
-from fustor.errors import BadPayloadError, BadQueryError, ForbiddenError
+from fustor.errors import BadPayloadError, BadQueryError, NotFoundError
 from fustor.fusion.api.ingest import json_response, parse
+from fustor.fusion.auth import check, principal, requires
 from fustor.fusion.views.forest import ForestView
 
 router = APIRouter(prefix="/api/v1/views/{view_id}")
+READ, CHANGE = requires("query"), requires("admin")
+
+
+class SuspectUpdates(BaseModel):
+    updates: list[dict]
 
 
 def _ctx(request: Request, view_id: str):
     f = request.app.state.fusion
-    f.scope(request.headers.get("x-api-key"))
     return f, f.view(view_id)
 
 
@@ -30,7 +40,7 @@ BEST = Query(None, description="Forest views: pick the member with the largest "
              "file_count, total_size, latest_mtime or dir_count")
 
 
-@router.get("/tree")
+@router.get("/tree", **READ)
 async def tree(
     view_id: str, request: Request,
     path: str = Query("/", description="Directory or file to return"),
@@ -54,19 +64,18 @@ async def tree(
     if dry_run:
         return json_response({"message": "dry-run", "view_id": view_id})
     job_id = None
-    if on_demand_scan:
+    if on_demand_scan:  # it makes every agent of the view walk the path: an admin action
+        check(principal(request), "admin")
         job_id = f.sessions.start_scan(view_id, view_id, path, recursive).job_id
+        f.control.record(principal(request), "on-demand scan", view_id, f"{path} (job {job_id})")
     try:
         out = await run_in_threadpool(v.tree, path, recursive=recursive, max_depth=max_depth,
                                       only_path=only_path, after=after, limit=limit)
-    except Exception as exc:
-        from fustor.errors import NotFoundError
-
-        if isinstance(exc, NotFoundError):
-            pending = f.sessions.scan_pending(view_id, path)
-            if pending is not None:
-                return json_response({"job_id": pending or job_id, "job_pending": True,
-                                      "message": "Path not found, but a find has been triggered and is pending."})
+    except NotFoundError:
+        pending = f.sessions.scan_pending(view_id, path)
+        if pending is not None:
+            return json_response({"job_id": pending or job_id, "job_pending": True,
+                                  "message": "Path not found, but a find has been triggered and is pending."})
         raise
     pending = f.sessions.scan_pending(view_id, path)
     out["job_id"] = job_id or pending or None
@@ -74,7 +83,7 @@ async def tree(
     return json_response(out)
 
 
-@router.get("/stats")
+@router.get("/stats", **READ)
 async def stats(view_id: str, request: Request,
                 path: str = Query("/", description="Directory whose subtree is counted"),
                 best: str | None = BEST):
@@ -89,7 +98,7 @@ async def stats(view_id: str, request: Request,
     return json_response(out)
 
 
-@router.get("/search")
+@router.get("/search", **READ)
 async def search(view_id: str, request: Request,
                  pattern: str = Query(..., description="Glob on name or path, or a substring of the name"),
                  path: str = Query("/", description="Search under this directory"),
@@ -101,21 +110,21 @@ async def search(view_id: str, request: Request,
     return json_response(await _answer(v, lambda m: m.search(pattern, path, limit)))
 
 
-@router.get("/blind-spots")
+@router.get("/blind-spots", **READ)
 async def blind_spots(view_id: str, request: Request):
     """Changes learned only from audits (no realtime confirmation)."""
     _f, v = _ctx(request, view_id)
     return json_response(await _answer(v, lambda m: m.blind_spots()))
 
 
-@router.get("/suspect-list")
+@router.get("/suspect-list", **READ)
 async def suspect_list(view_id: str, request: Request):
     """Files that may still be being written."""
     _f, v = _ctx(request, view_id)
     return json_response(await _answer(v, lambda m: m.suspect_list()))
 
 
-@router.put("/suspect-list")
+@router.put("/suspect-list", **requires("admin", SuspectUpdates))
 async def put_suspect_list(view_id: str, request: Request):
     """Re-stat results for suspects: {"updates": [{"path", "mtime"}]}."""
     _f, v = _ctx(request, view_id)
@@ -128,22 +137,18 @@ async def put_suspect_list(view_id: str, request: Request):
     n = 0
     for t in trees:
         n += await t.update_suspects(items)
+    _f.control.record(principal(request), "suspect-list update", view_id, f"{n} update(s)")
     return json_response({"view_id": view_id, "updated_count": n, "status": "ok"})
 
 
-@router.delete("/reset")
+@router.delete("/reset", **CHANGE)
 async def reset(view_id: str, request: Request):
     """Empty the view (tree and all consistency state); agents re-fill it."""
-    _f, v = _ctx(request, view_id)
+    f, v = _ctx(request, view_id)
     for t in list(v.members.values()) if isinstance(v, ForestView) else [v]:
         await t.reset()
+    f.control.record(principal(request), "reset view", view_id)
     return Response(status_code=204)
-
-
-def _own_view(f, request: Request, view_id: str) -> None:
-    sc = f.scope(request.headers.get("x-api-key"))
-    if view_id not in sc.views:
-        raise ForbiddenError("API Key not authorized for this view")
 
 
 def _job_json(f, job) -> dict:
@@ -157,31 +162,26 @@ def _job_json(f, job) -> dict:
             "created_at": job.created_at, "completed_at": job.completed_at}
 
 
-@router.get("/jobs")
+@router.get("/jobs", **READ)
 async def jobs(view_id: str, request: Request):
     f, _v = _ctx(request, view_id)
-    _own_view(f, request, view_id)
     return json_response({"jobs": [_job_json(f, j) for j in f.sessions.jobs.values()
                                    if j.view_id == view_id]})
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", **READ)
 async def job(view_id: str, job_id: str, request: Request):
     f, _v = _ctx(request, view_id)
-    _own_view(f, request, view_id)
     j = f.sessions.jobs.get(job_id)
     if j is None or j.view_id != view_id:
-        from fustor.errors import NotFoundError
-
         raise NotFoundError(f"job {job_id} not found in view {view_id}")
     return json_response(_job_json(f, j))
 
 
-@router.get("/sessions")
+@router.get("/sessions", **READ)
 async def sessions(view_id: str, request: Request):
     """Agent sessions feeding this view, with role and activity."""
     f, _v = _ctx(request, view_id)
-    _own_view(f, request, view_id)
     out = []
     forest = isinstance(_v, ForestView)
     for s in f.sessions.sessions.values():
@@ -200,7 +200,7 @@ async def sessions(view_id: str, request: Request):
     return json_response({"view_id": view_id, "count": len(out), "active_sessions": out})
 
 
-@router.get("/compare")
+@router.get("/compare", **READ)
 async def compare(
     view_id: str, request: Request,
     path: str = Query("/", description="Directory to compare across members"),

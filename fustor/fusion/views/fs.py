@@ -224,6 +224,11 @@ class FsView:
             return {"additions_count": r.count(r.dbs.blind_additions), "additions": adds,
                     "deletion_count": r.count(r.dbs.blind_deletions), "deletions": dels}
 
+    def blind_counts(self) -> tuple[int, int]:
+        """(additions, deletions) in the blind-spot lists, O(1)."""
+        with self.store.read() as r:
+            return r.count(r.dbs.blind_additions), r.count(r.dbs.blind_deletions)
+
     def suspect_list(self, limit: int = 100_000) -> list[dict]:
         wall, mono = time.time(), time.monotonic()
         out = []
