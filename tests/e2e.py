@@ -165,6 +165,7 @@ def agent_yaml(tree: Path, receiver_url: str, *, agent_id: str, pipe: str = "mai
     return f"""
 agent_id: {agent_id}
 logging: INFO
+console: {{enabled: false}}
 sources:
   tree:
     driver: fs

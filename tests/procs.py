@@ -70,3 +70,27 @@ def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
         return httpx.get(url, timeout=1.0).status_code < 500
 
     wait_until(up, timeout, what=url)
+
+
+def is_our_daemon(pid: int, home: Path) -> bool:
+    """The PID still runs ``fustor.cli`` with our FUSTOR_HOME (not a reused PID)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"fustor.cli" in cmd and f"FUSTOR_HOME={home}".encode() in env
+
+
+def kill_daemon(pid: int, home: Path) -> None:
+    """SIGTERM, then SIGKILL after 10 s, a daemon we started, if it still runs."""
+    if not is_our_daemon(pid, home):
+        return
+    os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        if not is_our_daemon(pid, home):
+            return
+        time.sleep(0.05)
+    if is_our_daemon(pid, home):
+        os.kill(pid, signal.SIGKILL)

@@ -28,7 +28,7 @@ def test_every_command_and_option_explains_itself():
     assert missing == []
 
 
-def test_every_query_route_is_in_the_readme(tmp_path):
+def test_every_query_and_management_route_is_in_the_readme(tmp_path):
     from fustor.config import default_config
     from fustor.fusion.app import create_app
     from fustor.fusion.core import Fusion
@@ -36,7 +36,7 @@ def test_every_query_route_is_in_the_readme(tmp_path):
     f = Fusion(default_config(tmp_path), tmp_path)
     app = create_app(f)
     routes = {r.path.rsplit("/", 1)[-1] for r in app.routes
-              if getattr(r, "path", "").startswith("/api/v1/views/")}
+              if getattr(r, "path", "").startswith(("/api/v1/views/", "/api/v1/management/"))}
     undocumented = sorted(r for r in routes if r not in README and not r.startswith("{"))
     assert undocumented == []
 

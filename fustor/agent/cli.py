@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,11 @@ def status_line(st: dict) -> str:
             what = f"snapshot {snap['rows']:,} rows, {snap['rows_per_s']:,} rows/s, {snap['elapsed_s']} s"
         else:
             what = f"{p.get('phase')}, {p.get('rows_pushed', 0):,} rows pushed"
+            if p.get("rows_per_s"):
+                what += f", {p['rows_per_s']:,} rows/s"
         err = f", last error: {p['last_error']}" if p.get("last_error") else ""
+        if p.get("fusion_reachable") is False:
+            err += f", fusion {p.get('fusion_url')} not reachable"
         watch = p.get("watch") or {}
         if watch.get("watch_limit_reached"):
             err += ", WATCH LIMIT REACHED (audits cover the rest)"
@@ -52,30 +57,76 @@ def status_line(st: dict) -> str:
     return " | ".join(parts) or "no pipes running"
 
 
+def _read_key_file(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--key-file {path}: cannot read it: {exc}") from None
+    if not key or len(key.split()) != 1:
+        raise ConfigError(f"--key-file {path}: expected the key alone on one line")
+    if path.stat().st_mode & 0o077:
+        click.echo(f"warning: {path} can be read by other users; chmod 600 it", err=True)
+    return key
+
+
 @agent.command()
 @click.argument("configs", nargs=-1)
 @click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Zero-config: watch this directory (needs --fusion and --key).")
-@click.option("--fusion", "fusion_url", default=None, help="Zero-config: fusion receiver URL, e.g. http://host:8102.")
-@click.option("--key", default=None, help="Zero-config: the ingest API key fusion printed.")
+@click.option("--fusion", "fusion_url", default=None,
+              help="Zero-config: fusion receiver URL, e.g. http://host:8102 or https://host:8102.")
+@click.option("--key", default=None, envvar="FUSTOR_AGENT_KEY", show_envvar=True,
+              help="Zero-config: the ingest API key fusion printed. Prefer the environment "
+              "variable or --key-file: a command line is visible to every user in `ps`.")
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Zero-config: read the ingest API key from this file (mode 600).")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Zero-config, https fusion: PEM file of the CA that signed "
+              "fusion's certificate [default: the system's trusted CAs].")
+@click.option("--console-host", default=None,
+              help="Listen address of the agent console [default: from config, 127.0.0.1].")
+@click.option("--console-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the agent console (status page and /status JSON) [default: from "
+              "config, 8100].")
+@click.option("--no-console", is_flag=True, help="Do not serve the agent console.")
 @click.option("-D", "--daemon", is_flag=True, help="Run in the background; log to $FUSTOR_HOME/logs/agent.log (appended).")
 @click.option("-V", "--verbose", is_flag=True, help="Debug logging.")
 @friendly
-def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
+def start(configs, watch_dir, fusion_url, key, key_file, ca_file, console_host, console_port,
+          no_console, daemon, verbose) -> None:
     """Start the agent with the pipes of CONFIGS (a YAML file or directory; default
     $FUSTOR_HOME/agent-config/), or with --watch DIR --fusion URL --key KEY and no YAML."""
-    from fustor.agent.config import quick_config
+    from fustor.agent.config import KEY_ENV, console_options, quick_config
     from fustor.agent.daemon import Agent
     from fustor.pidfile import running_pid, start_daemon
 
     home = _home()
     pid_file = home / "agent.pid"
+    if watch_dir is None and (key_file or ca_file):
+        raise ConfigError("--key-file and --ca-file go with --watch; in a config file, set the "
+                          "sender's credential and ca_file")
+    if key_file is not None:
+        source = click.get_current_context().get_parameter_source("key")
+        if key and source == click.core.ParameterSource.COMMANDLINE:
+            raise ConfigError("give --key or --key-file, not both")
+        key = _read_key_file(key_file)
     if watch_dir is not None:
         if not fusion_url or not key:
-            raise ConfigError("--watch needs --fusion URL and --key KEY")
-        cfg, loader = quick_config(watch_dir.resolve(), fusion_url, key), None
+            raise ConfigError(f"--watch needs --fusion URL and a key: --key-file FILE, {KEY_ENV} "
+                              "in the environment, or --key KEY")
+        cfg = quick_config(watch_dir.resolve(), fusion_url, key,
+                           ca_file=str(ca_file.resolve()) if ca_file else None)
+        loader = None
     else:
         cfg, loader = _load(configs)
+
+    def console(c):
+        return console_options(c, host=console_host, port=console_port, off=no_console)
+
+    cfg = console(cfg)
+    if loader is not None:
+        load = loader
+        loader = lambda: console(load())  # noqa: E731 - a reload keeps the command-line options
     from fustor.agent.config import enabled_pipes
 
     if not enabled_pipes(cfg):
@@ -88,18 +139,26 @@ def start(configs, watch_dir, fusion_url, key, daemon, verbose) -> None:
             click.echo(f"Agent already running with PID: {running}")
             return
         args = ["agent", "start", *configs]
+        env = {}
         if watch_dir is not None:
-            args += ["--watch", str(watch_dir.resolve()), "--fusion", fusion_url, "--key", key]
+            # the key goes through the environment: the child's command line is public
+            args += ["--watch", str(watch_dir.resolve()), "--fusion", fusion_url]
+            env[KEY_ENV] = key
+            if ca_file is not None:
+                args += ["--ca-file", str(ca_file.resolve())]
+        for flag, value in (("--console-host", console_host), ("--console-port", console_port)):
+            if value is not None:
+                args += [flag, str(value)]
+        if no_console:
+            args.append("--no-console")
         if verbose:
             args.append("--verbose")
-        click.echo(start_daemon("Agent", pid_file, args, home / "logs" / "agent.log"))
+        click.echo(start_daemon("Agent", pid_file, args, home / "logs" / "agent.log", env=env))
         return
-    if running:
+    if running and running != os.getpid():  # our own PID: this process re-executed itself
         raise FustorError(f"an agent is already running with PID {running}; `fustor agent stop` it first")
     setup_logging(cfg.logging, verbose)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    import os
-
     pid_file.write_text(str(os.getpid()))
     tty = sys.stdout.isatty()
     last = [0.0]
@@ -162,6 +221,8 @@ def status(as_json: bool) -> None:
     if pid and st:
         age = time.time() - st.get("updated_at", 0)
         click.echo(f"  agent {st.get('agent_id')}, up {st.get('uptime_seconds')} s (status {age:.0f} s old)")
+        if st.get("console"):
+            click.echo(f"  console: {st['console']}")
         for pid_, p in st.get("pipes", {}).items():
             click.echo("  " + status_line({"pipes": {pid_: p}}))
 

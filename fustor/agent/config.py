@@ -5,8 +5,8 @@
 dot-files are skipped; a missing directory is an empty config), or a given directory, or one
 file. Files are merged in file-name order into one namespace: ``sources``, ``senders`` and
 ``pipes`` by id (a later id replaces an earlier one, with a warning; references may cross
-files); ``logging``, ``fs_scan_workers``, ``agent_id`` and ``status_interval_sec`` come from
-the last file setting them. Anything broken raises ConfigError
+files); ``logging``, ``fs_scan_workers``, ``agent_id``, ``status_interval_sec`` and
+``console`` come from the last file setting them. Anything broken raises ConfigError
 ``<file>: <dotted.key>: <problem>; <fix>``; keys we do not use are accepted (a 0.8.17 config
 loads unchanged) and listed in ``AgentConfig.ignored``. Settings the original parsed and
 ignored are honoured (§16.11): ``fs_scan_workers`` (default ``max_scan_workers`` of fs
@@ -51,6 +51,7 @@ SENDER_DRIVERS = ("fusion", "http")  # the same HTTP sender; 0.8.17 configs say 
 STARTUP_MODES = ("message-only",)
 QUEUE_FACTOR = 100
 COMMAND_LINE = "<command line>"
+KEY_ENV = "FUSTOR_AGENT_KEY"  # the ingest key of `agent start --key`, kept out of argv
 
 # fs driver_params we understand: name -> (type, default, minimum).
 # max_scan_workers defaults to the config's fs_scan_workers.
@@ -123,6 +124,7 @@ class SenderConfig:
     timeout_sec: float = 30.0
     disabled: bool = False
     driver_params: dict[str, Any] = field(default_factory=dict)
+    ca_file: str | None = None  # PEM CAs for an https uri; None: the system trust store
 
     @property
     def api_key(self) -> str | None:
@@ -156,6 +158,15 @@ class PipeConfig:
     fields_mapping: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """``console``: the local status page and JSON (fustor/agent/console.py)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # only this machine, unless configured otherwise
+    port: int = 8100
+
+
 @dataclass
 class AgentConfig:
     logging: str = "INFO"
@@ -164,6 +175,7 @@ class AgentConfig:
     fs_scan_workers: int = 4
     agent_id: str | None = None
     status_interval_sec: float = 10.0  # ours: how often the agent status is refreshed
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     senders: dict[str, SenderConfig] = field(default_factory=dict)
     pipes: dict[str, PipeConfig] = field(default_factory=dict)
@@ -209,20 +221,49 @@ def _sender(s: _Section) -> SenderConfig:
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{s.where('uri')}: {uri!r} is not an http(s) URL; write fusion's "
                           "receiver address, e.g. http://fusion-host:8102")
-    cred = s.data.get("credential")
-    if isinstance(cred, str):  # a bare key
-        cred = {"key": s.get("credential", str, None)}
-    elif cred is not None:
-        sub = s.child("credential")  # raises unless it is a mapping
-        sub.get("key", str, None), sub.get("api_key", str, None), sub.done()
-        cred = dict(cred)
+    cred = _credential(s)
     params = s.child("driver_params")
     params.get("timeout", float, None, 0.001)
     params.done()
     return SenderConfig(driver=driver, uri=uri.rstrip("/"), credential=cred,
                         batch_size=s.get("batch_size", int, 1000, 1),
                         timeout_sec=s.get("timeout_sec", float, 30.0, 0.001),
-                        disabled=s.get("disabled", bool, False), driver_params=dict(params.data))
+                        disabled=s.get("disabled", bool, False), driver_params=dict(params.data),
+                        ca_file=_ca_file(s))
+
+
+def _credential(s: _Section) -> dict | None:
+    cred = s.data.get("credential")
+    if isinstance(cred, str):  # a bare key
+        s.used.add("credential")
+        return {"key": cred}
+    if cred is None:
+        return None
+    if not isinstance(cred, dict):  # not the usual "got <value>": it may be the secret
+        raise ConfigError(f"{s.where('credential')}: expected a mapping {{key: ...}} or the "
+                          "key as a string; put the key in quotes")
+    sub = s.child("credential")
+    for name in ("key", "api_key"):
+        sub.used.add(name)
+        if sub.data.get(name) is not None and not isinstance(sub.data[name], str):
+            # not the usual "got <value>": the value is a secret
+            raise ConfigError(f"{sub.where(name)}: expected a string (the key); put it in quotes")
+    sub.done()
+    return dict(cred)
+
+
+def _ca_file(s: _Section) -> str | None:
+    raw = s.get("ca_file", str, None)
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and s.file != COMMAND_LINE:
+        path = Path(s.file).parent / path  # relative to the file that says it
+    path = path.absolute()
+    if not path.is_file():
+        raise ConfigError(f"{s.where('ca_file')}: {raw!r} is not a file; give the PEM file of "
+                          "the CA that signed fusion's certificate")
+    return str(path)
 
 
 def _pipe(s: _Section) -> PipeConfig:
@@ -260,6 +301,21 @@ def _globals(s: _Section, out: dict[str, Any]) -> None:
             raise ConfigError(f"{s.where('agent_id')}: {aid!r} cannot be an agent id; use "
                               "letters, digits, '.', '-' or '_' (no ':')")
     parse_logging(s, out)
+    if s.data.get("console") is not None:
+        c = s.child("console")
+        out["console"] = ConsoleConfig(enabled=c.get("enabled", bool, True),
+                                       host=c.get("host", str, "127.0.0.1").strip(),
+                                       port=c.get("port", int, 8100, 1, 65535))
+        c.done()
+
+
+def console_options(cfg: AgentConfig, *, host: str | None = None, port: int | None = None,
+                    off: bool = False) -> AgentConfig:
+    """``cfg`` with the console options of `agent start` applied over its ``console:``."""
+    c = cfg.console
+    cfg.console = ConsoleConfig(enabled=c.enabled and not off, host=host or c.host,
+                                port=c.port if port is None else port)
+    return cfg
 
 
 def _read_yaml(path: Path) -> Any:
@@ -422,7 +478,8 @@ def resolve_agent_id(cfg: AgentConfig) -> str:
 _PIPE_KEYS = tuple(f.name for f in dataclasses.fields(PipeConfig))[2:]
 _QUICK_ROUTES: dict[str, tuple[str, ...]] = {
     "top": tuple(_GLOBALS) + ("logging",), "source": ("max_queue_size",),
-    "params": tuple(_FS_PARAMS), "sender": ("batch_size", "timeout_sec"), "pipe": _PIPE_KEYS}
+    "params": tuple(_FS_PARAMS), "sender": ("batch_size", "timeout_sec", "ca_file"),
+    "pipe": _PIPE_KEYS}
 
 
 def quick_config(watch_dir: Path, fusion_url: str, key: str | None,
@@ -475,6 +532,10 @@ EXAMPLE_CONFIG = """\
 logging: INFO               # or {level: INFO, format: "...", dir: /var/log/fustor}
 fs_scan_workers: 4          # default scan threads of every fs source
 # agent_id: lab-nas-01      # default: <hostname>-<random>, kept in $FUSTOR_HOME/agent.id
+console:                    # read-only status page (/) and JSON (/status) of this agent
+  enabled: true             # `agent start --no-console` turns it off too
+  host: 127.0.0.1           # only this machine; `--console-host H` overrides
+  port: 8100                # `--console-port N` overrides; a busy port is only a warning
 
 sources:                    # trees to watch
   projects:
@@ -490,10 +551,12 @@ sources:                    # trees to watch
 senders:                    # fusion's receiver
   main-fusion:
     driver: fusion          # "http" means the same
-    uri: http://fusion-host:8102
+    uri: http://fusion-host:8102   # https://... works too
     credential: {key: change-me-agent-key}
     batch_size: 1000        # events per request
     timeout_sec: 30.0
+    # ca_file: /etc/fustor/fusion-ca.pem  # https: trust only this CA's certificates
+    #                                      # (default: the system's trusted CAs)
 
 pipes:                      # one source feeding one sender; one pipe per pair
   projects:

@@ -17,20 +17,25 @@ walk and the end sent once, events carry a sequence number (none share a
 millisecond), and walks run in threads so heartbeats are never starved. A 419 seen
 by the leader task or an on-demand scan ends the session at once (not at the next
 heartbeat), and ``stop()`` never waits on a fusion that is down.
+
+Commands in heartbeat replies: ``scan`` is this session's job; the others go to the
+agent's :class:`~fustor.agent.commands.Commands` (run once agent-wide). Every heartbeat
+carries ``agent_status`` with the last command results; a new result wakes the heartbeat
+at once, and ``stop()`` sends one last short heartbeat before closing the session, so
+fusion learns of a ``stop_pipe`` even from an agent's only pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import queue
-import signal
-import threading
+import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from fustor.agent.commands import Commands, command_id
 from fustor.agent.sender_http import (
     FusionClient,
     FusionRejectedError,
@@ -39,6 +44,7 @@ from fustor.agent.sender_http import (
     SessionObsoleteError,
     make_event,
 )
+from fustor.agent.thread_iter import ThreadIter
 
 log = logging.getLogger("fustor.agent")
 
@@ -64,67 +70,45 @@ class PipeSettings:
                    self.max_backoff_seconds)
 
 
-_END = object()
-_UPGRADING = asyncio.Lock()
 STOP_WAIT_SEC = 2.0  # how long stop() waits for cancelled tasks (agent.md §6.5)
+GOODBYE_SEC = 2.0  # the last heartbeat of a stopping pipe: best effort, never a hang
+RATE_WINDOW_SEC = 10.0
 
 
-class _ThreadIter:
-    """Run a blocking generator in a thread; hand its items over through a small queue."""
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass. Not wait_for: on Python 3.11 it
+    swallows a cancellation that arrives just as the event is set, and the task would then
+    outlive stop()."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter], timeout=seconds)
+    finally:
+        waiter.cancel()
 
-    def __init__(self, make: Callable[[], Iterator], depth: int = 4) -> None:
-        self._q: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(make,), daemon=True)
-        self._thread.start()
 
-    def _produce(self, make) -> None:
-        try:
-            for item in make():
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._put_final(_END)
-        except BaseException as exc:  # hand the error to the consumer
-            self._put_final(exc)
+class _Rate:
+    """Rows per second over the last ``window`` seconds (what `status` calls rows/s)."""
 
-    def _put_final(self, item) -> None:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+    def __init__(self, window: float = RATE_WINDOW_SEC) -> None:
+        self.window = window
+        self.since = time.monotonic()
+        self._marks: deque[tuple[float, int]] = deque()
 
-    async def __aiter__(self):
-        try:
-            while True:
-                item = await asyncio.to_thread(self._q.get)
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._stop.set()
-            # A cancelled consumer may leave an executor thread blocked in _q.get(); the
-            # producer puts nothing more once stopped, so wake that thread here (it would
-            # otherwise hold a default-executor worker forever and hang asyncio.run's exit).
-            try:
-                self._q.put_nowait(_END)
-            except queue.Full:
-                pass  # not empty: a blocked get() returns anyway
+    def add(self, n: int) -> None:
+        self._marks.append((time.monotonic(), n))
+
+    def per_s(self) -> float:
+        now = time.monotonic()
+        while self._marks and self._marks[0][0] < now - self.window:
+            self._marks.popleft()
+        span = min(self.window, max(now - self.since, 1.0))  # no spike in the first second
+        return round(sum(n for _, n in self._marks) / span, 1)
 
 
 class AgentPipe:
     def __init__(self, pipe_id: str, task_id: str, source, client: FusionClient,
                  settings: PipeSettings, *, source_uri: str | None = None,
-                 version: str = "0") -> None:
+                 version: str = "0", commands: Commands | None = None) -> None:
         self.pipe_id = pipe_id
         self.task_id = task_id
         self.source = source
@@ -143,8 +127,12 @@ class AgentPipe:
         self.snapshot_done = False
         self.snapshot_progress: dict = {}
         self.started_at = time.time()
-        self.last_realtime_push: float | None = None
-        self.last_upgrade: str | None = None
+        self.last_realtime_push: float | None = None  # when fusion acknowledged it
+        self.last_heartbeat_at: float | None = None  # when fusion last answered one
+        self.commands = commands if commands is not None else Commands()
+        self.host = socket.gethostname()
+        self._rate = _Rate()
+        self._wake = asyncio.Event()
         self._heartbeat_interval = 3.0
         self._audit_cache: dict[str, float] = {}
         self._pending_rt: list[dict] = []
@@ -153,14 +141,23 @@ class AgentPipe:
         self._jobs: set[asyncio.Task] = set()
         self._role_changed = asyncio.Event()
         self._lost: asyncio.Future | None = None  # set by a task that saw the session die
+        self._stopping: asyncio.Future | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
         self.state = "starting"
         await asyncio.to_thread(self.source.start_watch)
         self._main = asyncio.create_task(self._run(), name=f"pipe:{self.pipe_id}")
+        self.commands.attach(self)
 
     async def stop(self) -> None:
+        """Stop once; a second caller (a stop_pipe command, then the agent's stop) waits for
+        the same stop, which goes on even if the first caller is cancelled."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         self.state = "stopping"
         tasks = [t for t in (self._main, self._leader, *self._jobs) if t is not None]
         for t in tasks:
@@ -173,7 +170,9 @@ class AgentPipe:
             if pending:
                 log.warning("pipe %s: %d task(s) did not stop within %.0f s", self.pipe_id,
                             len(pending), STOP_WAIT_SEC)
+        self.commands.detach(self)
         if self.session_id:
+            await self._goodbye()
             try:
                 await asyncio.wait_for(self.client.close_session(self.session_id), 5.0)
             except (TimeoutError, SenderError):
@@ -182,6 +181,18 @@ class AgentPipe:
         await asyncio.to_thread(self.source.stop_watch)
         await self.client.aclose()
         self.state = "stopped"
+
+    async def _goodbye(self) -> None:
+        """One last heartbeat with the status (and the command results), best effort."""
+        try:
+            reply = await asyncio.wait_for(
+                self.client.heartbeat(self.session_id, False, self.agent_status()), GOODBYE_SEC)
+        except (TimeoutError, SenderError):
+            return
+        self.last_heartbeat_at = time.time()
+        for cmd in reply.get("commands") or []:  # other pipes may still run these
+            if isinstance(cmd, dict) and cmd.get("type") != "scan":
+                self.commands.handle(self, cmd)
 
     async def _run(self) -> None:
         while True:
@@ -275,67 +286,57 @@ class AgentPipe:
                     pass
 
     # -- heartbeat and commands -----------------------------------------------------
+    @property
+    def lag_s(self) -> float | None:
+        """Seconds since fusion last acknowledged a realtime push (None: not yet)."""
+        return round(time.time() - self.last_realtime_push, 1) if self.last_realtime_push else None
+
     def agent_status(self) -> dict:
         return {"agent_id": self.task_id.split(":", 1)[0], "pipe_id": self.pipe_id,
-                "version": self.version, "uptime_seconds": round(time.time() - self.started_at, 1),
+                "host": self.host, "version": self.version,
+                "uptime_seconds": round(time.time() - self.started_at, 1),
                 "state": self.state, "phase": self.phase, "role": self.role,
                 "events_pushed": self.events_pushed, "rows_pushed": self.rows_pushed,
-                "last_error": self.last_error, "last_upgrade": self.last_upgrade,
+                "rows_per_s": self._rate.per_s(), "lag_s": self.lag_s,
+                "last_error": self.last_error, "last_upgrade": self.commands.last_upgrade,
                 "is_realtime_ready": self.source.status.get("watching", False),
-                "watch": self.source.status}
+                "watch": self.source.status, "fusion_url": self.client.url,
+                "fusion_reachable": self.client.reachable,
+                "commands": self.commands.results()}
+
+    def wake_heartbeat(self) -> None:
+        """Heartbeat now rather than at the next interval (a command result to report)."""
+        self._wake.set()
 
     async def _heartbeats(self) -> None:
         while True:
             sid = self.session_id
+            self._wake.clear()  # a result recorded from here on wakes the next pause
             try:
                 reply = await self.client.heartbeat(sid, bool(self.source.status.get("watching")),
                                                     self.agent_status())
             except FusionUnavailableError as exc:  # keep the role; the lease may still hold
                 self.last_error = f"heartbeat: {exc}"
-                await asyncio.sleep(min(self._heartbeat_interval, 1.0))
+                await self._pause(min(self._heartbeat_interval, 1.0))
                 continue
+            self.last_heartbeat_at = time.time()
             self._set_role(reply.get("role") or self.role or "follower")
             for cmd in reply.get("commands") or []:
-                self._command(cmd)
-            await asyncio.sleep(self._heartbeat_interval)
+                if isinstance(cmd, dict):
+                    self._command(cmd)
+            await self._pause(self._heartbeat_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        await wait_event(self._wake, seconds)
 
     def _command(self, cmd: dict) -> None:
-        kind = cmd.get("type")
-        if kind == "scan":
-            t = asyncio.create_task(self._scan(cmd.get("path") or "/", bool(cmd.get("recursive", True)),
-                                               cmd.get("job_id")))
-            self._jobs.add(t)
-            t.add_done_callback(self._jobs.discard)
-        elif kind == "reload_config":
-            os.kill(os.getpid(), signal.SIGHUP)
-        elif kind == "stop_pipe":
-            if cmd.get("agent_pipe_id", cmd.get("pipe_id")) == self.pipe_id:
-                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop()))
-        elif kind == "report_status":
-            log.info("pipe %s status: %s", self.pipe_id, self.agent_status())
-        elif kind == "upgrade":
-            t = asyncio.create_task(self._upgrade(cmd))
-            self._jobs.add(t)
-            t.add_done_callback(self._jobs.discard)
-        else:
-            log.info("pipe %s: ignoring unknown command %r", self.pipe_id, kind)
-
-    async def _upgrade(self, cmd: dict) -> None:
-        """One upgrade per process at a time (every pipe's session may carry the command)."""
-        from fustor.agent import upgrade as up
-
-        if _UPGRADING.locked():
+        if cmd.get("type") != "scan":
+            self.commands.handle(self, cmd)  # agent-wide, once per command_id
             return
-        async with _UPGRADING:
-            try:
-                self.last_upgrade = await asyncio.to_thread(
-                    up.upgrade, str(cmd.get("version") or ""), current=self.version,
-                    index_url=cmd.get("index_url"), find_links=cmd.get("find_links"),
-                    timeout=float(cmd.get("upgrade_timeout_sec") or 300))
-            except up.UpgradeError as exc:
-                self.last_upgrade = f"failed: {exc}"
-                self.last_error = f"upgrade: {exc}"
-            log.info("pipe %s: upgrade %s", self.pipe_id, self.last_upgrade)
+        t = asyncio.create_task(self._scan(cmd.get("path") or "/", bool(cmd.get("recursive", True)),
+                                           cmd.get("job_id"), command_id(cmd)))
+        self._jobs.add(t)
+        t.add_done_callback(self._jobs.discard)
 
     # -- pushing ----------------------------------------------------------------------
     async def _push(self, events: list[dict], phase: str, *, is_end: bool = False,
@@ -352,8 +353,10 @@ class AgentPipe:
                 wait = exc.retry_after or self.s.backoff(tries)
                 log.warning("pipe %s: %s (retry in %.1f s)", self.pipe_id, self.last_error, wait)
                 await asyncio.sleep(wait)
+        rows = sum(len(e["rows"]) for e in events)
         self.events_pushed += len(events)
-        self.rows_pushed += sum(len(e["rows"]) for e in events)
+        self.rows_pushed += rows
+        self._rate.add(rows)
 
     async def _realtime(self) -> None:
         while True:
@@ -406,10 +409,7 @@ class AgentPipe:
             due = [t for t, on in ((next_audit, self.s.audit_interval_sec > 0),
                                    (next_sentinel, self.s.sentinel_interval_sec > 0)) if on]
             wait = min([1.0, *(t - time.monotonic() for t in due)])
-            try:
-                await asyncio.wait_for(self._role_changed.wait(), max(0.01, wait))
-            except TimeoutError:
-                pass
+            await wait_event(self._role_changed, max(0.01, wait))
 
     async def _walk_and_push(self, make: Callable[[], Iterator], phase: str,
                              on_item: Callable | None = None, in_flight: int = 1) -> int:
@@ -436,7 +436,7 @@ class AgentPipe:
                     t.result()
 
         try:
-            async for item in _ThreadIter(make):
+            async for item in ThreadIter(make):
                 rows = item if on_item is None else on_item(item)
                 if rows:
                     await settle(max(1, in_flight) - 1)
@@ -502,19 +502,36 @@ class AgentPipe:
             except (FusionUnavailableError, FusionRejectedError) as exc:
                 self.last_error = f"sentinel: {exc}"
 
-    async def _scan(self, path: str, recursive: bool, job_id: str | None) -> None:
+    async def _scan(self, path: str, recursive: bool, job_id: str | None,
+                    cid: str | None = None) -> None:
+        failed: str | None = "interrupted"
+        rows = 0
         try:
-            await self._scan_once(path, recursive, job_id)
+            rows = await self._scan_once(path, recursive, job_id)
+            failed = None
+        except asyncio.CancelledError:
+            failed = "the pipe stopped (or lost its session) before the scan finished"
+            raise
         except SessionObsoleteError as exc:
+            failed = f"session lost: {exc}"
             self._session_lost(exc)
         except SenderError as exc:
+            failed = f"{exc}"
             self.last_error = f"scan {path}: {exc}"
-        except Exception:
+        except Exception as exc:
+            failed = f"{type(exc).__name__}: {exc}"
             log.exception("pipe %s: on-demand scan of %s failed", self.pipe_id, path)
+        finally:
+            if cid is not None:
+                self.commands.record(
+                    cid, "scan", "failed" if failed else "done",
+                    failed or f"scanned {path}: {rows} row(s), job_complete sent", self.pipe_id)
 
-    async def _scan_once(self, path: str, recursive: bool, job_id: str | None) -> None:
-        await self._walk_and_push(lambda: self.source.scan_path(path, recursive), "on_demand_job")
+    async def _scan_once(self, path: str, recursive: bool, job_id: str | None) -> int:
+        rows = await self._walk_and_push(lambda: self.source.scan_path(path, recursive),
+                                         "on_demand_job")
         meta = {"scan_path": path}
         if job_id:
             meta["job_id"] = job_id
         await self._push([], "job_complete", metadata=meta)
+        return rows

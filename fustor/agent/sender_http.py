@@ -8,9 +8,20 @@ Errors are sorted by what the pipe must do:
     └── FusionRejectedError    other 4xx (bad key, bad payload): back off, report, retry later
 
 The transport is injectable (httpx's MockTransport / ASGITransport in tests).
+
+``https://`` URLs are verified against the system trust store, or against ``ca_file`` (a
+PEM bundle) when given; verification is never switched off. A certificate fusion's CA did
+not sign is a FusionUnavailableError that says which setting fixes it, so the pipe backs
+off and reports it like any other network error.
+
+The API key never appears in an error message (fusion might echo it in a reply).
 """
 
 from __future__ import annotations
+
+import re
+import ssl
+import time
 
 import httpx
 
@@ -41,14 +52,33 @@ class FusionRejectedError(SenderError):
     pass
 
 
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """Verification on: the system trust store, or only the CAs of ``ca_file``."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SenderError(f"cannot use ca_file {ca_file}: {exc}; give a PEM file with the "
+                          "certificate of the CA that signed fusion's certificate") from None
+
+
 class FusionClient:
     def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 ca_file: str | None = None) -> None:
         headers = {"content-type": "application/json"}
         if api_key:
             headers["X-API-Key"] = api_key
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
-                                       timeout=timeout, transport=transport)
+        self._key = api_key or None
+        base = httpx.URL(base_url.rstrip("/"))
+        # what status pages and messages show: never a password written into the URL
+        self.url = str(base.copy_with(username=None, password=None)) if base.userinfo else str(base)
+        self.ca_file = ca_file
+        self.reachable: bool | None = None  # None: not asked yet; False: last call had no answer
+        self.last_answer_at: float | None = None
+        # a transport of its own (tests) carries its own TLS settings
+        verify = tls_context(ca_file) if transport is None else True
+        self._http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout,
+                                       transport=transport, verify=verify)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -57,20 +87,51 @@ class FusionClient:
         try:
             r = await self._http.request(method, url, content=None if body is None else dumps(body))
         except httpx.HTTPError as exc:
-            raise FusionUnavailableError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+            self.reachable = False
+            what = self._tls_problem(exc) or f"{type(exc).__name__}: {exc}"
+            raise FusionUnavailableError(self._scrub(f"{method} {url}: {what}")) from None
+        self.reachable, self.last_answer_at = True, time.time()
+        if r.status_code < 400:
+            try:
+                data = r.json() if r.content else {}
+            except ValueError:
+                data = {}
+            return data if isinstance(data, dict) else {"data": data}
+        detail = self._scrub(_detail(r))
         if r.status_code == 419:
-            raise SessionObsoleteError(f"{method} {url}: session obsolete ({_detail(r)})", 419)
+            raise SessionObsoleteError(f"{method} {url}: session obsolete ({detail})", 419)
+        said = f"{method} {url}: HTTP {r.status_code} ({detail})"
         if r.status_code == 429 or r.status_code >= 500:
             ra = r.headers.get("retry-after")
-            raise FusionUnavailableError(f"{method} {url}: HTTP {r.status_code} ({_detail(r)})",
-                                         r.status_code, float(ra) if ra and _num(ra) else None)
-        if r.status_code >= 400:
-            raise FusionRejectedError(f"{method} {url}: HTTP {r.status_code} ({_detail(r)})", r.status_code)
-        try:
-            data = r.json() if r.content else {}
-        except ValueError:
-            data = {}
-        return data if isinstance(data, dict) else {"data": data}
+            raise FusionUnavailableError(said, r.status_code, float(ra) if ra and _num(ra) else None)
+        raise FusionRejectedError(said, r.status_code)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the key masked where it stands as a token of its own (a short key
+        must not garble words that happen to contain it)."""
+        if not self._key:
+            return text
+        return re.sub(rf"(?<![A-Za-z0-9]){re.escape(self._key)}(?![A-Za-z0-9])", "***", text)
+
+    def _tls_problem(self, exc: BaseException) -> str | None:
+        """What to do when the TLS handshake failed; None for other network errors."""
+        cause: BaseException | None = exc
+        for _ in range(10):  # httpx → httpcore → ssl: the cause is a few links down
+            if cause is None or isinstance(cause, ssl.SSLError):
+                break
+            cause = cause.__cause__ or cause.__context__
+        if not isinstance(cause, ssl.SSLError):
+            return None
+        u = httpx.URL(self.url)
+        origin = f"{u.scheme}://{u.netloc.decode()}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or str(cause)
+            now = f", now {self.ca_file}" if self.ca_file else ""
+            return (f"TLS certificate of {origin} not trusted ({reason}); set the sender's "
+                    f"ca_file{now} (--ca-file with --watch) to the CA that signed fusion's "
+                    "certificate")
+        return (f"TLS handshake with {origin} failed ({cause.reason or cause}); check that "
+                "fusion serves https on this port")
 
     async def create_session(self, task_id: str, source_uri: str | None,
                              timeout_hint: int | None = None) -> dict:
@@ -85,7 +146,7 @@ class FusionClient:
             body["agent_status"] = agent_status
         data = await self._call("POST", f"/api/v1/pipe/session/{session_id}/heartbeat", body)
         if data.get("status") == "error":
-            raise SessionObsoleteError(f"heartbeat: {data.get('message')}")
+            raise SessionObsoleteError(self._scrub(f"heartbeat: {data.get('message')}"))
         return data
 
     async def close_session(self, session_id: str) -> None:

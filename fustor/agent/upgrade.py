@@ -23,15 +23,23 @@ log = logging.getLogger("fustor.agent")
 VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*([abc]|rc|\.post|\.dev)?[0-9]*$")
 
 
+KEY_ENV = "FUSTOR_AGENT_KEY"
+
+
 class UpgradeError(Exception):
     pass
+
+
+def _child_env() -> dict[str, str]:
+    """pip and the check need no agent key; the re-exec'ed agent keeps it (same env)."""
+    return {k: v for k, v in os.environ.items() if k != KEY_ENV}
 
 
 def installed_version(python: str = sys.executable, timeout: float = 60.0) -> str:
     out = subprocess.run(
         [python, "-I", "-c", "import fustor.cli; from importlib.metadata import version; "
                        "print(version('fustor'))"],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, env=_child_env(),
     )
     if out.returncode != 0:
         raise UpgradeError(f"fustor does not import in a fresh interpreter: {out.stderr.strip()[-300:]}")
@@ -46,7 +54,7 @@ def pip_install(spec: str, index_url: str | None = None, find_links: str | None 
     if find_links:
         cmd += ["--find-links", find_links]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
     except subprocess.TimeoutExpired:
         raise UpgradeError(f"pip install {spec} took more than {timeout:.0f} s") from None
     if out.returncode != 0:
@@ -80,9 +88,11 @@ def upgrade(version: str, *, current: str, index_url: str | None = None,
         raise UpgradeError(f"verification failed: fustor reports {got} after installing {version}; "
                            f"rolled back to {current}")
     log.info("upgrade: fustor %s installed and verified; restarting", version)
-    (reexec or _reexec)()
+    (reexec or restart)()
     return f"upgraded to {version}"
 
 
-def _reexec() -> None:  # pragma: no cover - replaces the process
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+def restart() -> None:  # pragma: no cover - replaces the process
+    # the command line as given (``python -m fustor.cli ...`` keeps its ``-m``; sys.argv
+    # would turn it into a script path inside the package)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -69,6 +69,12 @@ def _install_errors(app: FastAPI) -> None:
             resp.headers["Retry-After"] = "1"
         return resp
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return json_response({"detail": "internal error; the fusion log has the details",
+                              "code": "internal_error"}, 500)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]

@@ -254,6 +254,10 @@ def _embedded_agent(cfg, port: int, watch_dir: Path):
     from fustor.agent.config import quick_config
     from fustor.agent.daemon import Agent
 
+    if cfg.tls:  # its certificate is for the site's name, not for the loopback address
+        raise FustorError("--watch pushes over loopback HTTP, but this fusion serves TLS; run "
+                          "the agent on its own: fustor agent start --watch DIR --fusion "
+                          "https://HOST:PORT --ca-file CA.pem")
     pipe_id = next(iter(cfg.pipes), None)
     if pipe_id is None:
         raise FustorError("--watch needs a pipe in the fusion config")

@@ -68,72 +68,100 @@ class ControlPlane:
         raise NotFoundError(f"agent {agent_id!r} is not known to this fusion (it has never "
                             "opened a session, or has been gone for a day)")
 
-    def _tree_json(self, v: FsView, key: str) -> dict:
-        sm = self.f.sessions
+    @staticmethod
+    def _tree_figures(v: FsView) -> dict:
+        """What a tree's store says (one read transaction; O(1)); runs in a worker thread."""
         try:
             st = v.stats("/")
         except NotFoundError:  # an empty store: not even "/" yet
             st = {"file_count": 0, "dir_count": 0, "total_size": 0, "latest_mtime": 0.0,
-                  "has_blind_spot": False, "suspect_file_count": 0}
-        blind = v.blind_counts()
-        leader = sm.leader.get(key)
-        ls = sm.sessions.get(leader) if leader else None
+                  "has_blind_spot": False, "suspect_file_count": 0,
+                  "blind_spot_additions": 0, "blind_spot_deletions": 0}
         last = st.get("last_event_at")
         return {
             "file_count": st["file_count"], "dir_count": st["dir_count"],
             "total_size": st["total_size"], "latest_mtime": st["latest_mtime"],
-            "snapshot_complete": sm.snapshot_complete(key),
             "snapshot_completed_at": v.snapshot_completed_at,
-            "ready": v.snapshot_completed_at is not None or sm.snapshot_complete(key),
             "last_event_at": last,
             "seconds_since_last_event": round(time.time() - last, 1) if last else None,
             "is_auditing": st.get("is_auditing", False),
             "last_audit_finished_at": st.get("last_audit_finished_at"),
             "audit_cycle_count": st.get("audit_cycle_count"),
-            "has_blind_spot": st["has_blind_spot"], "blind_spot_additions": blind[0],
-            "blind_spot_deletions": blind[1], "suspect_count": st["suspect_file_count"],
-            "leader_connected": sm.leader_connected(key),
-            "leader_session": leader, "leader_agent": ls.agent_id if ls else None,
-            "sessions": len(sm.for_key(key)),
+            "has_blind_spot": st["has_blind_spot"],
+            "blind_spot_additions": st["blind_spot_additions"],
+            "blind_spot_deletions": st["blind_spot_deletions"],
+            "suspect_count": st["suspect_file_count"],
         }
 
-    def _views(self) -> list[dict]:
-        out = []
-        for vid, v in sorted(self.f.views.items()):
-            if isinstance(v, ForestView):
-                members = {p: self._tree_json(m, v.member_key(p)) for p, m in sorted(v.members.items())}
-                out.append({"view_id": vid, "kind": v.driver, "members": members,
-                            "file_count": sum(m["file_count"] for m in members.values()),
-                            "dir_count": sum(m["dir_count"] for m in members.values()),
-                            "total_size": sum(m["total_size"] for m in members.values())})
-            else:
-                out.append({"view_id": vid, "kind": v.driver, **self._tree_json(v, vid)})
-        return out
+    def _tree_sessions(self, key: str, by_key: dict[str, list]) -> dict:
+        """What the sessions say of one election key (in memory; on the event loop)."""
+        sm = self.f.sessions
+        leader = sm.leader.get(key)
+        ls = sm.sessions.get(leader) if leader else None
+        return {"snapshot_complete": sm.snapshot_complete(key),
+                "leader_connected": sm.leader_connected(key),
+                "leader_session": leader, "leader_agent": ls.agent_id if ls else None,
+                "sessions": len(by_key.get(key, []))}
 
-    def dashboard(self) -> dict:
-        """One answer for the whole site (call it from a worker thread: it reads stores)."""
+    def dashboard_plan(self) -> tuple[dict, list]:
+        """Everything in memory, copied on the event loop (where sessions and the fleet
+        change), plus the trees whose stores :meth:`dashboard_finish` must read."""
         f = self.f
         sm = f.sessions
+        by_key: dict[str, list] = {}
+        by_pipe: dict[str, list] = {}
+        for s in sm.sessions.values():
+            by_pipe.setdefault(s.pipe_id, []).append(s)
+            for k in s.keys:
+                by_key.setdefault(k, []).append(s)
+        trees: list[tuple[dict, FsView]] = []
+        views = []
+        for vid, v in sorted(f.views.items()):
+            if isinstance(v, ForestView):
+                members = {}
+                for p, m in sorted(v.members.items()):
+                    members[p] = self._tree_sessions(v.member_key(p), by_key)
+                    trees.append((members[p], m))
+                views.append({"view_id": vid, "kind": v.driver, "members": members})
+            else:
+                views.append({"view_id": vid, "kind": v.driver, **self._tree_sessions(vid, by_key)})
+                trees.append((views[-1], v))
         pipes = []
         for pid, pc in sorted(f.pipes.items()):
-            keys_ = f.keys_of_pipe(pid)
-            leaders = {k: sm.leader.get(k) for k in keys_}
             pipes.append({"pipe_id": pid, "receiver": pc.receiver, "views": list(pc.views),
-                          "sessions": len(sm.for_pipe(pid)),
-                          "leaders": {k: (sm.sessions[s].agent_id if s in sm.sessions else None)
-                                      for k, s in leaders.items()},
+                          "sessions": len(by_pipe.get(pid, [])),
+                          "leaders": {k: (sm.sessions[sm.leader[k]].agent_id
+                                          if sm.leader.get(k) in sm.sessions else None)
+                                      for k in f.keys_of_pipe(pid)},
                           "allow_concurrent_push": pc.allow_concurrent_push,
                           "session_timeout_seconds": pc.session_timeout_seconds})
         receivers = [{"receiver_id": rid, "driver": rc.driver, "bind_host": rc.bind_host,
                       "port": rc.port, "disabled": rc.disabled, "tls": f.cfg.tls,
                       "pipes": sorted({k.pipe_id for k in rc.api_keys})}
                      for rid, rc in sorted(f.cfg.receivers.items())]
-        return {"generated_at": time.time(), "fusion": {
-                    "started_at": f.started_at, "uptime_seconds": round(time.time() - f.started_at, 1),
-                    "version": _version(), "views": len(f.views), "sessions": len(sm.sessions),
-                    "tls": f.cfg.tls, "config_files": list(f.cfg.files)},
-                "views": self._views(), "agents": self.agents(), "pipes": pipes,
-                "receivers": receivers}
+        out = {"generated_at": time.time(), "fusion": {
+                   "started_at": f.started_at, "uptime_seconds": round(time.time() - f.started_at, 1),
+                   "version": _version(), "views": len(f.views), "sessions": len(sm.sessions),
+                   "tls": f.cfg.tls, "config_files": list(f.cfg.files)},
+               "views": views, "agents": self.agents(), "pipes": pipes, "receivers": receivers}
+        return out, trees
+
+    @classmethod
+    def dashboard_finish(cls, out: dict, trees: list) -> dict:
+        """Add each tree's store figures (call from a worker thread; touches no shared state)."""
+        for entry, tree in trees:
+            entry.update(cls._tree_figures(tree))
+            entry["ready"] = entry["snapshot_completed_at"] is not None or entry["snapshot_complete"]
+        for v in out["views"]:
+            if "members" in v:
+                for k in ("file_count", "dir_count", "total_size"):
+                    v[k] = sum(m[k] for m in v["members"].values())
+        return out
+
+    def dashboard(self) -> dict:
+        """One answer for the whole site, O(views + sessions + agents + commands); the
+        HTTP route runs the two halves on the loop and in a worker thread."""
+        return self.dashboard_finish(*self.dashboard_plan())
 
     def config_json(self) -> dict:
         """fusion's effective config with every key replaced by its id."""

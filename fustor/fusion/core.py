@@ -147,6 +147,7 @@ class Fusion:
         for v in self.views.values():
             v.close()
         self.views.clear()
+        self.actions.sync()
 
     async def _every(self, interval: float, fn) -> None:
         while True:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from fustor.agent.source_fs import FsSource
+from tests.e2e import Cluster
 
 
 @pytest.fixture
@@ -15,6 +16,16 @@ def root(tmp_path):
     r = tmp_path / "root"
     r.mkdir()
     return r
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A fusion and agents as real processes (tests/e2e.py), all stopped afterwards."""
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture

@@ -648,3 +648,57 @@ def test_example_loads_and_is_commented(tmp_path):
     # the only warning: /srv/projects does not exist on the test machine
     assert all("sources.projects.uri" in w for w in cfg.warnings)
     assert yaml.safe_load(text)["pipes"]["projects"]["source"] == "projects"
+
+
+# --------------------------------------------------------------------------- console, TLS
+
+
+def test_console_defaults_to_loopback_8100_and_is_configurable(tmp_path, tree):
+    from fustor.agent.config import ConsoleConfig, console_options
+
+    assert load_text(tmp_path, one_pipe(tree)).console == ConsoleConfig(True, "127.0.0.1", 8100)
+    cfg = load_text(tmp_path, one_pipe(tree) + "console: {port: 9100, host: 0.0.0.0}\n")
+    assert cfg.console == ConsoleConfig(True, "0.0.0.0", 9100) and cfg.ignored == []
+    off = load_text(tmp_path, one_pipe(tree) + "console: {enabled: false}\n")
+    assert off.console.enabled is False
+    # the command line wins over the file; --no-console wins over enabled: true
+    assert console_options(cfg, port=9200).console == ConsoleConfig(True, "0.0.0.0", 9200)
+    assert console_options(cfg, host="::1").console.host == "::1"
+    assert console_options(cfg, off=True).console.enabled is False
+
+
+@pytest.mark.parametrize("text, match", [
+    ("console: {port: 0}", r"c\.yaml: console\.port: must be at least 1"),
+    ("console: {port: 70000}", r"c\.yaml: console\.port: must be at most 65535"),
+    ("console: {port: web}", r"c\.yaml: console\.port: expected a whole number"),
+    ("console: 8100", r"c\.yaml: console: expected a mapping"),
+])
+def test_bad_console_settings(tmp_path, tree, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_text(tmp_path, one_pipe(tree) + text + "\n")
+
+
+def test_example_documents_the_console_and_ca_file():
+    text = dump_example()
+    assert "console:" in text and "port: 8100" in text and "--console-port" in text
+    assert "--no-console" in text and "ca_file:" in text and "https://" in text
+
+
+def test_sender_ca_file_in_yaml_and_on_the_command_line(tmp_path, tree):
+    ca = tmp_path / "conf" / "ca.pem"
+    ca.parent.mkdir()
+    ca.write_text("not checked until used\n")
+    cfg = load_text(tmp_path, "senders: {f: {driver: fusion, uri: 'https://f', ca_file: ca.pem}}\n")
+    assert cfg.senders["f"].ca_file == str(ca)  # relative to the config file
+    quick = quick_config(tree, "https://f", "k", ca_file=str(ca))
+    assert quick.senders["fusion"].ca_file == str(ca)
+    with pytest.raises(ConfigError, match=r"senders\.fusion\.ca_file: .* is not a file"):
+        quick_config(tree, "https://f", "k", ca_file=str(tmp_path / "missing.pem"))
+
+
+def test_a_mistyped_credential_is_not_echoed(tmp_path):
+    for text in ("credential: 123456789", "credential: {key: 123456789}",
+                 "credential: {api_key: [123456789]}"):
+        with pytest.raises(ConfigError) as info:
+            load_text(tmp_path, f"senders: {{f: {{driver: fusion, uri: 'http://f', {text}}}}}\n")
+        assert "123456789" not in str(info.value) and "senders.f.credential" in str(info.value)

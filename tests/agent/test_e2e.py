@@ -21,20 +21,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import KEY, Cluster, build_tree, run_cli, tree_diff, walk_fs, walk_view
-from tests.procs import wait_until
+from tests.procs import kill_daemon, wait_until
 
 # Deadlines: generous for a loaded 2-core CI machine; the measured figures are in messages.
 SYNC_DEADLINE = 60.0
 REALTIME_DEADLINE = 5.0  # the target is 2 s; the slack is for loaded machines
 
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def n_entries(tree: Path) -> int:
@@ -458,29 +450,7 @@ def test_agent_daemon_start_status_stop_and_the_log_is_appended(cluster, tmp_pat
             assert second.count("agent d: 1 pipe(s)") == 2, second[-3000:]
     finally:
         for p in pids:
-            _kill(p, home)
+            kill_daemon(p, home)
 
 
-def _is_our_daemon(pid: int, home: Path) -> bool:
-    """The PID still runs `fustor.cli agent start` with our FUSTOR_HOME (not a reused PID)."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"fustor.cli" in cmd and f"FUSTOR_HOME={home}".encode() in env
-
-
-def _kill(pid: int, home: Path) -> None:
-    """SIGTERM, then SIGKILL after 10 s, a daemon we started, if it still runs."""
-    if not _is_our_daemon(pid, home):
-        return
-    os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        if not _is_our_daemon(pid, home):
-            return
-        time.sleep(0.05)
-    if _is_our_daemon(pid, home):
-        os.kill(pid, signal.SIGKILL)
 

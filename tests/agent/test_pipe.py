@@ -103,8 +103,13 @@ class FakeFusion:
     obsolete: set[str] = field(default_factory=set)
     script: dict[str, list] = field(default_factory=dict)
     commands: list[dict] = field(default_factory=list)  # delivered once, by the next heartbeat
+    # what fusion's management plane does: a command queued on each session of the agent
+    session_commands: dict[str, list[dict]] = field(default_factory=dict)
+    for_new_sessions: list[dict] = field(default_factory=list)  # queued on each new session
+    task_ids: dict[str, str] = field(default_factory=dict)  # session id -> "agent:pipe"
     gate: asyncio.Event | None = None  # set: snapshot pushes with events wait for it
     down: bool = False  # every call is refused
+    heartbeat_delay: float = 0.0  # fusion takes this long to answer a heartbeat
     hook: Callable[[Call], None] | None = None  # sees each call first (may set ``down``)
 
     def transport(self) -> httpx.MockTransport:
@@ -127,6 +132,20 @@ class FakeFusion:
     def snapshot_ended(self, sid: str) -> bool:
         return any(c.ok and c.is_end for c in self.pushes("snapshot", sid))
 
+    def session_of(self, pipe_id: str) -> str | None:
+        """The latest session that the agent pipe ``pipe_id`` opened."""
+        sids = [sid for sid, task in self.task_ids.items() if task.split(":", 1)[1] == pipe_id]
+        return sids[-1] if sids else None
+
+    def open_sessions(self) -> list[str]:
+        closed = {c.sid for c in self.of("close")}
+        return [s for s in self.sessions if s not in closed and s not in self.obsolete]
+
+    def broadcast(self, cmd: dict) -> None:
+        """Queue ``cmd`` on every open session, as fusion queues a management command."""
+        for sid in self.open_sessions():
+            self.session_commands.setdefault(sid, []).append(dict(cmd))
+
     # -- the handler ------------------------------------------------------------------
     async def handle(self, request: httpx.Request) -> httpx.Response:
         kind, sid = self._route(request)
@@ -146,6 +165,8 @@ class FakeFusion:
                 if self.gate is not None and kind == "push" and call.source_type == "snapshot" \
                         and body.get("events"):
                     await self.gate.wait()
+                if kind == "heartbeat" and self.heartbeat_delay:
+                    await asyncio.sleep(self.heartbeat_delay)
                 resp = self._default(call)
         call.status, call.t_done = resp.status_code, time.monotonic()
         return resp
@@ -186,6 +207,8 @@ class FakeFusion:
         if call.kind == "create":
             sid = f"s{len(self.sessions) + 1}"
             self.sessions.append(sid)
+            self.session_commands[sid] = [dict(c) for c in self.for_new_sessions]
+            self.task_ids[sid] = call.body["task_id"]
             return httpx.Response(200, json={
                 "session_id": sid, "role": self.role, "is_leader": self.role == "leader",
                 "session_timeout_seconds": self.timeout,
@@ -193,6 +216,7 @@ class FakeFusion:
                 "sentinel_interval_sec": self.sentinel_interval, "message": "ok"})
         if call.kind == "heartbeat":
             cmds, self.commands = self.commands, []
+            cmds += self.session_commands.pop(call.sid, [])
             return httpx.Response(200, json={"status": "ok", "role": self.role, "commands": cmds})
         if call.kind == "push":
             return httpx.Response(200, json={"status": "ok", "count": len(call.body["events"])})

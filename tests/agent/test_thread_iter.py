@@ -1,4 +1,4 @@
-"""The walk bridge (_ThreadIter) must give its executor thread back when the consumer is
+"""The walk bridge (ThreadIter) must give its executor thread back when the consumer is
 cancelled while waiting for the next item — otherwise each cancelled snapshot or audit
 (demotion, lost session, stop) kept one default-executor worker blocked forever, and the
 agent process hung at exit until `fustor agent stop` SIGKILLed it."""
@@ -11,7 +11,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from fustor.agent.pipe import _ThreadIter
+from fustor.agent.thread_iter import ThreadIter
 
 
 async def test_cancelled_consumer_releases_its_executor_thread():
@@ -26,7 +26,7 @@ async def test_cancelled_consumer_releases_its_executor_thread():
         release.wait(10)  # the walk is busy when the consumer is cancelled
         yield 2
 
-    it = _ThreadIter(walk)
+    it = ThreadIter(walk)
 
     async def consume():
         async for _ in it:

@@ -42,7 +42,9 @@ async def dashboard(request: Request):
     """Every view (size, freshness, snapshot/audit state, blind spots, suspects, leader),
     every agent (version, uptime, pipes with role, phase, rows, lag, last error, heartbeat
     age, commands, upgrade), every pipe and receiver."""
-    return json_response(await run_in_threadpool(_control(request).dashboard))
+    control = _control(request)
+    out, trees = control.dashboard_plan()  # sessions and fleet: read here, on the loop
+    return json_response(await run_in_threadpool(control.dashboard_finish, out, trees))
 
 
 @router.get("/agents", **ADMIN)

@@ -195,6 +195,8 @@ class FsView:
             "staleness_seconds": max(0.0, now - last) if last else None,
             "oldest_item_path": None,
             "has_blind_spot": bool(n_add or n_del),
+            "blind_spot_additions": n_add,
+            "blind_spot_deletions": n_del,
             "suspect_file_count": suspects,
             "logical_now": st.clock.watermark(),
             "last_audit_finished_at": st.last_audit_finished_at,
@@ -223,11 +225,6 @@ class FsView:
                     break
             return {"additions_count": r.count(r.dbs.blind_additions), "additions": adds,
                     "deletion_count": r.count(r.dbs.blind_deletions), "deletions": dels}
-
-    def blind_counts(self) -> tuple[int, int]:
-        """(additions, deletions) in the blind-spot lists, O(1)."""
-        with self.store.read() as r:
-            return r.count(r.dbs.blind_additions), r.count(r.dbs.blind_deletions)
 
     def suspect_list(self, limit: int = 100_000) -> list[dict]:
         wall, mono = time.time(), time.monotonic()
