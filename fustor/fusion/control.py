@@ -253,7 +253,8 @@ class ControlPlane:
 
     def _upgrade(self, who: Principal, agent_id: str, body: dict) -> dict:
         version = _pep440(body.get("version"))
-        timeout = body.get("timeout_s", DEFAULT_UPGRADE_TIMEOUT_S)
+        # upgrade_timeout_sec: the name in the original's management-plane design
+        timeout = body.get("timeout_s", body.get("upgrade_timeout_sec", DEFAULT_UPGRADE_TIMEOUT_S))
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 3600:
             raise BadPayloadError("timeout_s: seconds the agent's pip install may take, 1 to 3600")
         sources = {}

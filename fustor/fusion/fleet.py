@@ -251,7 +251,7 @@ class Fleet:
                 "pipe_id": agent_pipe_of(s), "fusion_pipe_id": s.pipe_id,
                 "session_id": s.session_id, "role": role_of(s),
                 "state": st.get("state"), "phase": st.get("phase"),
-                "rows_pushed": st.get("rows_pushed", s.events_pushed if not st else None),
+                "rows_pushed": st.get("rows_pushed"),  # None: an agent that reports no status
                 "events_pushed": s.events_pushed, "rows_per_s": st.get("rows_per_s"),
                 "lag_s": st.get("lag_s", st.get("realtime_lag_s")),
                 "last_error": st.get("last_error"), "is_realtime_ready": s.can_realtime,

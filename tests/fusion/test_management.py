@@ -176,7 +176,8 @@ async def test_an_upgrade_is_followed_to_success_or_failure_one_at_a_time(fusion
     a = await agent(c)
     assert a["upgrade"]["state"] == "failed" and "rolled back" in a["upgrade"]["detail"]
     # and one that never reports back times out
-    r = await c.post(f"{M}/agents/host-a/upgrade", json={"version": "4.0", "timeout_s": 5}, headers=ADM)
+    r = await c.post(f"{M}/agents/host-a/upgrade", json={"version": "4.0", "upgrade_timeout_sec": 5},
+                     headers=ADM)
     assert r.status_code == 200
     start = f.fleet.agents["host-a"].upgrade.started_at
     f.fleet._now = lambda: start + 66  # pip timeout + the restart grace have passed
