@@ -113,8 +113,10 @@ def migrate(directory: Path) -> None:
     replaces the original only when complete; the original is kept beside it as
     NAME.lmdb.formatN.bak.
     """
+    from fustor.datadir import refuse_if_in_use
     from fustor.migrations import find_stores, migrate_store
 
+    refuse_if_in_use(directory, "a migration")  # it would lose the running fusion's writes
     stores = find_stores(directory)
     if not stores:
         click.echo(f"no *.lmdb stores under {directory}")

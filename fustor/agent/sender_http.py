@@ -101,6 +101,8 @@ class FusionClient:
         if r.status_code == 419:
             raise SessionObsoleteError(f"{method} {url}: session obsolete ({detail})", 419)
         said = f"{method} {url}: HTTP {r.status_code} ({detail})"
+        if _code(r) == "store_full":  # said first, so `status` shows what an operator must fix
+            said = f"fusion disk full, retrying: {said}"
         if r.status_code == 429 or r.status_code >= 500:
             ra = r.headers.get("retry-after")
             raise FusionUnavailableError(said, r.status_code, float(ra) if ra and _num(ra) else None)
@@ -180,6 +182,14 @@ def _detail(r: httpx.Response) -> str:
         return str(d.get("detail", d)) if isinstance(d, dict) else str(d)
     except ValueError:
         return r.text[:200]
+
+
+def _code(r: httpx.Response) -> str | None:
+    try:
+        d = r.json()
+    except ValueError:
+        return None
+    return d.get("code") if isinstance(d, dict) else None
 
 
 def _num(s: str) -> bool:

@@ -9,13 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from fustor.errors import FustorError, NotReadyError, StoreBusyError
+from fustor.errors import FustorError, NotReadyError, StoreBusyError, StoreFullError
 from fustor.fusion.api import ingest, management, views
 from fustor.fusion.api.ingest import json_response
 from fustor.fusion.auth import requires, undeclared_routes
 from fustor.fusion.core import Fusion
 
 log = logging.getLogger("fustor.fusion")
+STORE_FULL_RETRY_AFTER_S = 30
 
 
 class BodyLimit:
@@ -65,6 +66,8 @@ def _install_errors(app: FastAPI) -> None:
         resp = json_response(exc.to_body(), exc.status)
         if isinstance(exc, NotReadyError):
             resp.headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, StoreFullError):  # space comes back in minutes, not seconds
+            resp.headers["Retry-After"] = str(STORE_FULL_RETRY_AFTER_S)
         elif isinstance(exc, StoreBusyError) or exc.status == 503:
             resp.headers["Retry-After"] = "1"
         return resp

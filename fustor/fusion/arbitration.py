@@ -65,6 +65,7 @@ Our own choices where upstream raises or does something unhelpful:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from fustor.clock import LogicalClock
@@ -86,10 +87,16 @@ REALTIME, SNAPSHOT, AUDIT, ON_DEMAND = "realtime", "snapshot", "audit", "on_dema
 SOURCES = frozenset((REALTIME, SNAPSHOT, AUDIT, ON_DEMAND))
 EVENT_TYPES = frozenset(("insert", "update", "delete"))
 SIZE_LIMIT = 2**63  # sizes are stored as signed 64-bit integers
+SCHEMAS = frozenset(("fs",))  # event_schema routed to fs views and forest members (§4.3)
+# times a file system can hold: not past a year from now (a clock gone wild, or a bogus
+# value, would otherwise become every ancestor's latest_mtime), not before year ~880
+MAX_FUTURE_S = 366 * 24 * 3600.0
+MIN_TIME = -(2.0**35)
 
 _norm = keys.normalise
 _ROOT = keys.ROOT
 _isfinite = math.isfinite
+_wall_clock = time.time
 
 
 @dataclass(slots=True)
@@ -117,6 +124,27 @@ def _number(row: dict, name: str, default: float) -> float:
     elif isinstance(v, int) and not isinstance(v, bool) and -SIZE_LIMIT < v < SIZE_LIMIT:
         return float(v)
     raise _Invalid(f"{name} must be a finite number, got {v!r}")
+
+
+def _time(row: dict, name: str, default: float | None, latest: float) -> float | None:
+    v = _number(row, name, default)
+    if v is not None and not MIN_TIME <= v <= latest:
+        raise _Invalid(f"{name} {v!r} is not a plausible time (more than a year ahead of "
+                       "fusion's clock, or before year 880)")
+    return v
+
+
+def _flag(row: dict, *names: str) -> bool:
+    """A boolean field (the first of ``names`` present); a string such as "false" is
+    refused rather than read as true."""
+    for name in names:
+        v = row.get(name)
+        if v is None:
+            continue
+        if v is True or v is False:
+            return v
+        raise _Invalid(f"{name} must be true or false, got {v!r}")
+    return False
 
 
 def _size(row: dict) -> int:
@@ -152,9 +180,12 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     res.processed = True
     src = event.get("message_source") or REALTIME
     etype = event.get("event_type")
-    if src not in SOURCES or etype not in EVENT_TYPES:
+    schema = event.get("event_schema", "fs")
+    if src not in SOURCES or etype not in EVENT_TYPES or schema not in SCHEMAS:
         reason = (f"unknown message_source {src!r}" if src not in SOURCES
-                  else f"unknown event_type {etype!r}")
+                  else f"unknown event_type {etype!r}" if etype not in EVENT_TYPES
+                  else f"event_schema {schema!r} is not routed to this view (it takes "
+                       f"{', '.join(sorted(SCHEMAS))})")
         res.rejected = [{"index": i, "path": _raw_path(r), "reason": reason}
                         for i, r in enumerate(rows)]
         return res
@@ -170,20 +201,22 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     latency = st.last_event_latency_ms
     applied = ignored = 0
     given = fields = None
+    # the real clock, not the view's (tests move that one): a sanity bound on input
+    latest = _wall_clock() + MAX_FUTURE_S
     for i, row in enumerate(rows):
         try:
             if row.__class__ is not dict:
                 raise _Invalid("row is not an object")
             path = _path(row)
             if deleting:
-                mtime = _number(row, "modified_time", None)
+                mtime = _time(row, "modified_time", None, latest)
             else:
                 given = row.get("modified_time")
-                mtime = _number(row, "modified_time", 0.0)
-                is_dir = bool(row.get("is_directory") or row.get("is_dir"))
+                mtime = _time(row, "modified_time", 0.0, latest)
+                is_dir = _flag(row, "is_directory", "is_dir")
                 if path == _ROOT and not is_dir:
                     raise _Invalid("the root of a view is a directory")
-                fields = (is_dir, _size(row), _number(row, "created_time", 0.0))
+                fields = (is_dir, _size(row), _time(row, "created_time", 0.0, latest))
         except _Invalid as exc:
             res.rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
             continue

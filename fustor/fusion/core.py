@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fustor.config import FusionConfig, enabled_pipes
+from fustor.datadir import DataDirLock
 from fustor.errors import (
     BadPayloadError,
     ConfigError,
@@ -42,6 +43,7 @@ class Fusion:
         self.fleet = Fleet()
         self.sessions.on_close = self.fleet.session_closed
         self.actions = ActionLog(self.data_dir)
+        self._lock = DataDirLock(self.data_dir)
         self.control = ControlPlane(self)
         # re-reads the config and applies it (set by the server, which also binds and
         # unbinds receiver ports); returns the diff or raises ReloadRefusedError
@@ -54,6 +56,8 @@ class Fusion:
 
     # -- lifecycle ----------------------------------------------------------------
     def open(self) -> None:
+        """Lock the data dir (one fusion per data dir) and open every enabled view."""
+        self._lock.acquire()
         for vid, vc in self.cfg.views.items():
             if not vc.disabled:
                 self.views[vid] = self._open_view(vid, vc)
@@ -114,13 +118,14 @@ class Fusion:
                 view.state.max_nodes = vc.max_nodes
         removed_pipes = [p for p in old_pipes if p not in new_pipes]
         changed = [p for p in new_pipes if p in old_pipes and new_pipes[p] != old_pipes[p]]
-        for s in list(self.sessions.sessions.values()):
-            pc = new_pipes.get(s.pipe_id)
-            if pc is None or list(pc.views) != s.keys:
-                self.sessions.close(s.session_id)  # the agent gets 419 and reconnects
         self.cfg = cfg
         self.keys = KeyTable(cfg)
         self.pipes = new_pipes
+        for s in list(self.sessions.sessions.values()):
+            # a session stays when its pipe still elects on the same keys (for a forest
+            # member the key is "<view>:<pipe>", not the view id)
+            if s.pipe_id not in new_pipes or self.keys_of_pipe(s.pipe_id) != s.keys:
+                self.sessions.close(s.session_id)  # the agent gets 419 and reconnects
         for vid in removed_views:
             self.views.pop(vid).close()
         diff = {"views_added": added_views, "views_removed": removed_views,
@@ -148,6 +153,7 @@ class Fusion:
             v.close()
         self.views.clear()
         self.actions.sync()
+        self._lock.release()
 
     async def _every(self, interval: float, fn) -> None:
         while True:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,6 +46,19 @@ def _tls(cfg: FusionConfig) -> dict:
     return {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, bound here so that a busy port is an OSError we
+    can report (uvicorn would log and exit the whole process)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another "
+                      "fusion (or another program) using that port?") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def _receiver_server(fusion: Fusion, host: str, port: int, log_level: str) -> _Server:
     return _Server(uvicorn.Config(create_receiver_app(fusion), host=host, port=port,
                                   log_level=log_level, lifespan="off", access_log=False,
@@ -78,10 +92,18 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
                                   lifespan="on", access_log=False, **_tls(fusion.cfg)))
     servers = [main]
     receivers: dict[int, _Server] = {}
-    for rhost, rport in receiver_ports(fusion.cfg):
-        if rport != port:
-            receivers[rport] = _receiver_server(fusion, rhost, rport, log_level)
-            servers.append(receivers[rport])
+    sockets: dict[_Server, socket.socket] = {}
+    try:
+        sockets[main] = listen(host, port)
+        for rhost, rport in receiver_ports(fusion.cfg):
+            if rport != port:
+                receivers[rport] = srv = _receiver_server(fusion, rhost, rport, log_level)
+                servers.append(srv)
+                sockets[srv] = listen(rhost, rport)
+    except OSError:
+        for sock in sockets.values():
+            sock.close()
+        raise
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task] = []
 
@@ -102,16 +124,26 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
             write_reload_result(reload_result, {"at": time.time(), "status": "refused",
                                                 "detail": msg})
             raise ReloadRefusedError(f"reload refused, the running config is kept: {msg}") from None
-        diff = fusion.reload(cfg)
         want = {p: h for h, p in receiver_ports(cfg) if p != port}
+        opened: dict[int, socket.socket] = {}
+        try:  # every new port first: a busy one refuses the reload before anything changes
+            for rport in [p for p in want if p not in receivers]:
+                opened[rport] = listen(want[rport], rport)
+        except OSError as exc:
+            for sock in opened.values():
+                sock.close()
+            write_reload_result(reload_result, {"at": time.time(), "status": "refused",
+                                                "detail": str(exc)})
+            raise ReloadRefusedError(f"reload refused, the running config is kept: {exc}") from None
+        diff = fusion.reload(cfg)
         diff["receiver_ports_closed"] = [p for p in receivers if p not in want]
         for rport in diff["receiver_ports_closed"]:
             receivers.pop(rport).should_exit = True
-        diff["receiver_ports_opened"] = [p for p in want if p not in receivers]
-        for rport in diff["receiver_ports_opened"]:
+        diff["receiver_ports_opened"] = list(opened)
+        for rport, sock in opened.items():
             receivers[rport] = srv = _receiver_server(fusion, want[rport], rport, log_level)
             servers.append(srv)
-            tasks.append(asyncio.create_task(srv.serve()))
+            tasks.append(asyncio.create_task(srv.serve(sockets=[sock])))
         write_reload_result(reload_result, {"at": time.time(), "status": "reloaded",
                                             "diff": diff})
         return diff
@@ -129,7 +161,7 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
             loop.add_signal_handler(sig, stop)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, reload)
-    tasks.extend(asyncio.create_task(s.serve()) for s in servers)
+    tasks.extend(asyncio.create_task(s.serve(sockets=[sockets[s]])) for s in servers)
     while not all(s.started for s in servers):
         if any(t.done() for t in tasks):  # e.g. a port in use
             stop()

@@ -12,7 +12,11 @@ from collections.abc import Iterator
 import orjson
 
 from fustor.store import keys
-from fustor.store.records import EXPIRY, PAIR, pack_pair
+from fustor.store.records import EXPIRY, IS_DIR, PAIR, pack_pair
+
+# meta: how many suspect entries are directories (so the count of suspect *files* is
+# O(1): entries of the suspects table minus this), kept in the same transactions
+SUSPECT_DIRS = "suspect_dirs"
 
 
 def _expiry_key(expires_at: float, key: bytes) -> bytes:
@@ -43,6 +47,11 @@ class StateReads:
         for k, v in self.txn.cursor(db=self.dbs.suspects):
             a, b = PAIR.unpack_from(v)
             yield keys.path_of(k, bytes(v[PAIR.size :])), a, b
+
+    def suspect_file_count(self) -> int:
+        """Suspect entries whose node is a file (pending "missing" reports included: the
+        file is still in the tree, flagged, until a second report confirms it gone)."""
+        return self.count(self.dbs.suspects) - int(self.meta(SUSPECT_DIRS, 0) or 0)
 
     def due_suspects(self, now: float, limit: int = 10_000) -> list[bytes]:
         """Paths whose suspect entry expires at or before ``now`` (wall clock)."""
@@ -107,11 +116,21 @@ class StateWrites:
                 break
         return n
 
+    def _is_dir_node(self, key: bytes) -> bool:
+        raw = self.txn.get(key, db=self.dbs.nodes)
+        return raw is not None and bool(raw[0] & IS_DIR)
+
+    def _count_suspect_dirs(self, delta: int) -> None:
+        n = int(self.meta(SUSPECT_DIRS, 0) or 0) + delta
+        self.put_meta(SUSPECT_DIRS, max(n, 0))
+
     def put_suspect(self, path: bytes, expires_at: float, recorded_mtime: float) -> None:
         key = keys.node_key(path)
         old = self.txn.get(key, db=self.dbs.suspects)
         if old is not None:
             self.txn.delete(_expiry_key(PAIR.unpack_from(old)[0], key), db=self.dbs.suspect_expiry)
+        elif self._is_dir_node(key):
+            self._count_suspect_dirs(+1)
         self.txn.put(key, pack_pair(expires_at, recorded_mtime, path), db=self.dbs.suspects)
         self.txn.put(_expiry_key(expires_at, key), b"", db=self.dbs.suspect_expiry)
 
@@ -123,9 +142,18 @@ class StateWrites:
         self._forget_suspect(key, v)
         return True
 
-    def _forget_suspect(self, key: bytes, value: bytes) -> None:
+    def _forget_suspect(self, key: bytes, value: bytes, is_dir: bool | None = None) -> None:
+        """Drop a suspect entry; ``is_dir`` is given when its node is already deleted."""
+        if self._is_dir_node(key) if is_dir is None else is_dir:
+            self._count_suspect_dirs(-1)
         self.txn.delete(key, db=self.dbs.suspects)
         self.txn.delete(_expiry_key(PAIR.unpack_from(value)[0], key), db=self.dbs.suspect_expiry)
+
+    def recount_suspect_dirs(self) -> int:
+        """Set the directory-suspect counter from the tables (stores written before it)."""
+        n = sum(1 for k, _v in self.txn.cursor(db=self.dbs.suspects) if self._is_dir_node(k))
+        self.put_meta(SUSPECT_DIRS, n)
+        return n
 
     def add_blind(self, kind: str, path: bytes) -> None:
         tail = path if keys.needs_path_tail(path) else b""
@@ -141,13 +169,15 @@ class StateWrites:
     def clear(self, db) -> None:
         """Empty one table."""
         self.txn.drop(db, delete=False)
+        if db is self.dbs.suspects:
+            self.put_meta(SUSPECT_DIRS, 0)
 
     def put_meta(self, name: str, value) -> None:
         self.txn.put(name.encode(), orjson.dumps(value), db=self.dbs.meta)
 
-    def _drop_node_state(self, key: bytes, path: bytes) -> None:
-        """Entries that die with their node: suspect and blind addition."""
+    def _drop_node_state(self, key: bytes, path: bytes, is_dir: bool) -> None:
+        """Entries that die with their (already deleted) node: suspect and blind addition."""
         v = self.txn.get(key, db=self.dbs.suspects)
         if v is not None:
-            self._forget_suspect(key, v)
+            self._forget_suspect(key, v, is_dir)
         self.txn.delete(key, db=self.dbs.blind_additions)

@@ -341,7 +341,7 @@ class TreeWriter(TreeReader, StateWrites):
         parent = keys.parent_of(path)
         dbs = self.dbs
         self.txn.delete(key, db=dbs.nodes)
-        self._drop_node_state(key, path)
+        self._drop_node_state(key, path, node.is_dir)
         if not node.is_dir:
             self._acc(parent, -1, 0, -node.size, None, node.modified_time)
             return 1
@@ -351,13 +351,13 @@ class TreeWriter(TreeReader, StateWrites):
         for p in [p for p in self._pend if p == path or p.startswith(inside)]:
             del self._pend[p]
         self._dirs = {p for p in self._dirs if not (p == path or p.startswith(inside))}
+        for k, v in list(self.iter_subtree(path, dbs.suspects)):
+            self._forget_suspect(k, v)  # while the nodes are there to say file or directory
         removed = 0
         for db in (dbs.nodes, dbs.aggregates, dbs.blind_additions):
             n = self._delete_range(path, db)
             if db is dbs.nodes:
                 removed = n
-        for k, v in list(self.iter_subtree(path, dbs.suspects)):
-            self._forget_suspect(k, v)
         self._acc(parent, -f, -d, -s, None, m)
         return removed + 1
 

@@ -265,3 +265,45 @@ def test_serve_watch_indexes_a_directory_with_one_command(tmp_path):
                        timeout=10, what="a realtime create")
     finally:
         assert p.stop() == 0
+
+
+def test_a_busy_port_is_one_clear_line_at_start_and_a_refused_reload_later(tmp_path):
+    import socket
+
+    home = tmp_path / "home"
+    port, rport = free_port(), free_port()
+    cfg = tmp_path / "fusion.yaml"
+    cfg.write_text(config(port, rport))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", rport))
+        busy.listen()
+        out = run_cli(["fusion", "serve", "--data", str(tmp_path / "d0"), "--config", str(cfg)], home)
+        assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout
+        assert f"cannot listen on 127.0.0.1:{rport}" in out.stderr and "in use" in out.stderr
+    p = Proc(["fusion", "serve", "--data", str(tmp_path / "data"), "--config", str(cfg)], home,
+             tmp_path / "fusion.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", p)
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            text = config(port, rport).replace("views:\n", f"""  r2: {{bind_host: 127.0.0.1, port: {taken}, api_keys: [{{key: key-w, pipe_id: w}}]}}
+views:
+  w: {{api_keys: [w-query]}}
+""", 1).replace("pipes:\n", "pipes:\n  w: {receiver: r2, views: [w]}\n", 1)
+            cfg.write_text(text)
+            r = httpx.post(f"http://127.0.0.1:{port}/api/v1/management/reload",
+                           headers={"X-API-Key": AKEY}, timeout=10)
+            assert r.status_code == 422 and f"cannot listen on 127.0.0.1:{taken}" in r.json()["detail"]
+        assert p.alive()
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/views/w/stats", headers={"X-API-Key": AKEY})
+        assert r.status_code == 404  # nothing of the refused config was applied
+        migrate = run_cli(["migrate", str(tmp_path / "data")], home)
+        assert migrate.returncode == 1 and "in use by another fusion" in migrate.stderr
+        second = run_cli(["fusion", "serve", "--data", str(tmp_path / "data"), "--config", str(cfg),
+                          "--port", str(free_port())], home)
+        assert second.returncode == 1 and "in use by another fusion" in second.stderr
+    finally:
+        assert p.stop() == 0
+    assert "Traceback" not in p.output()

@@ -80,10 +80,11 @@ async def parse(request: Request, model: type[BaseModel] | None = None, *, toler
     raw = await request.body()
     try:
         obj = loads(raw) if raw else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting thousands deep
         if tolerant:
             return {}
-        raise MalformedJsonError(f"the request body is not valid JSON: {exc}") from None
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise MalformedJsonError(f"the request body is not valid JSON: {why}") from None
     if not isinstance(obj, dict):
         if tolerant:
             return {}

@@ -6,6 +6,8 @@ suspect-list PUT, an on-demand scan) needs an admin key. See ``fusion/auth.py``.
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -15,6 +17,7 @@ from fustor.errors import BadPayloadError, BadQueryError, NotFoundError
 from fustor.fusion.api.ingest import json_response, parse
 from fustor.fusion.auth import check, principal, requires
 from fustor.fusion.views.forest import ForestView
+from fustor.fusion.views.fs import suspect_update
 
 router = APIRouter(prefix="/api/v1/views/{view_id}")
 READ, CHANGE = requires("query"), requires("admin")
@@ -27,6 +30,24 @@ class SuspectUpdates(BaseModel):
 def _ctx(request: Request, view_id: str):
     f = request.app.state.fusion
     return f, f.view(view_id)
+
+
+def raw_query(request: Request, name: str, parsed: str | None) -> str | None:
+    """A query parameter from the bytes the client percent-encoded.
+
+    Paths are bytes: a name that is not UTF-8 is shown in JSON as ``\\udcXX`` (byte XX)
+    and asked for as ``%XX`` (``urllib.parse.quote(os.fsencode(path))``). The parsed value
+    has already turned such bytes into U+FFFD, so the raw query string is read again and
+    decoded with ``surrogateescape``, the form the store keys use.
+    """
+    found = None
+    for part in request.scope.get("query_string", b"").split(b"&"):
+        k, _, v = part.partition(b"=")
+        if unquote_to_bytes(k.replace(b"+", b" ")) == name.encode():
+            found = v  # the last one wins, as for the parsed parameters
+    if found is None:
+        return parsed
+    return unquote_to_bytes(found.replace(b"+", b" ")).decode("utf-8", "surrogateescape")
 
 
 async def _answer(v, fn) -> object:
@@ -56,6 +77,8 @@ async def tree(
     """A directory (or file) and its children, sorted by name, paginated per directory.
     On a forest view: one tree per member, or only the best member's with ``best``."""
     f, v = _ctx(request, view_id)
+    path = raw_query(request, "path", path)
+    after = raw_query(request, "after", after)
     if isinstance(v, ForestView):
         return json_response(await run_in_threadpool(
             v.tree, path, best, recursive=recursive, max_depth=max_depth, only_path=only_path,
@@ -90,6 +113,7 @@ async def stats(view_id: str, request: Request,
     """Subtree counts of path in O(1) (file_count, dir_count, total_size, latest_mtime) and view
     health. On a forest view: one entry per member, and with ``best`` the winner."""
     f, v = _ctx(request, view_id)
+    path = raw_query(request, "path", path)
     if isinstance(v, ForestView):
         return json_response(await run_in_threadpool(v.stats, path, best))
     f.check_ready(v)
@@ -105,6 +129,8 @@ async def search(view_id: str, request: Request,
                  limit: int = Query(1000, ge=1, le=1_000_000)):
     """Files under path matching pattern, at most limit (a forest answers per member)."""
     f, v = _ctx(request, view_id)
+    path = raw_query(request, "path", path)
+    pattern = raw_query(request, "pattern", pattern)
     if not isinstance(v, ForestView):
         f.check_ready(v)
     return json_response(await _answer(v, lambda m: m.search(pattern, path, limit)))
@@ -132,7 +158,11 @@ async def put_suspect_list(view_id: str, request: Request):
     updates = body.get("updates")
     if not isinstance(updates, list):
         raise BadPayloadError("updates: a list of {path, mtime} objects is required")
-    items = [u for u in updates if isinstance(u, dict)]
+    for i, u in enumerate(updates):
+        if suspect_update(u) is None:
+            raise BadPayloadError(f"updates[{i}]: needs a path (an absolute path string) and "
+                                  "an mtime (a number of seconds); nothing was changed")
+    items = updates
     trees = list(v.members.values()) if isinstance(v, ForestView) else [v]
     n = 0
     for t in trees:
@@ -212,6 +242,8 @@ async def compare(
 ):
     """Forest views: what differs between members under path (missing, size, mtime, subtree)."""
     _f, v = _ctx(request, view_id)
+    path = raw_query(request, "path", path)
+    after = raw_query(request, "after", after)
     if not isinstance(v, ForestView):
         raise BadQueryError(f"view {view_id!r} is not a forest view; compare needs members")
     names = [m for m in (members or "").split(",") if m] or None

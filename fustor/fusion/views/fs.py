@@ -10,14 +10,18 @@ that changed them.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fustor.errors import NotFoundError, TooManyItemsError
+from fustor.errors import BadQueryError, NotFoundError, PathError, TooManyItemsError
 from fustor.fusion import arbitration as rules
 from fustor.store import Node, Store, keys
+from fustor.store.state import SUSPECT_DIRS
 
+# levels of children one tree answer may nest (JSON encoders stop near 255)
+MAX_NESTING = 200
 # meta key set when a leader's snapshot completed at least once (survives restarts)
 SNAPSHOT_META = "snapshot_completed_at"
 
@@ -41,6 +45,23 @@ def node_json(n: Node, only_path: bool = False) -> dict:
     return d
 
 
+def suspect_update(u) -> tuple[bytes, float, int | None, str | None] | None:
+    """``(path, mtime, size, status)`` of one re-stat result, or None if it is unusable."""
+    if not isinstance(u, dict):
+        return None
+    path, mtime = u.get("path"), u.get("mtime", u.get("current_mtime"))
+    size, status = u.get("size"), u.get("status")
+    if not isinstance(path, str) or not path or isinstance(mtime, bool) \
+            or not isinstance(mtime, (int, float)) or not math.isfinite(mtime):
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        size = None
+    try:
+        return keys.normalise(path), float(mtime), size, status if isinstance(status, str) else None
+    except PathError:
+        return None
+
+
 class FsView:
     driver = "fs"
 
@@ -57,6 +78,9 @@ class FsView:
         with self.store.read() as r:
             self.state.load(r)
             self.snapshot_completed_at = r.meta(SNAPSHOT_META)
+            uncounted = r.meta(SUSPECT_DIRS) is None and r.count(r.dbs.suspects) > 0
+        if uncounted:  # written before suspect directories were counted
+            self.store.write(lambda w: w.recount_suspect_dirs())
 
     def close(self) -> None:
         try:  # the clock samples are saved at most once a second while running
@@ -115,16 +139,14 @@ class FsView:
         return await self.run(rules.sweep_suspects)
 
     async def update_suspects(self, updates: list[dict]) -> int:
+        """Apply re-stat results; an item without a usable path and mtime is skipped
+        (the sentinel protocol says so), never an error for the rest."""
+        items = [u for u in (suspect_update(x) for x in updates) if u is not None]
+
         def job(w, st):
-            n = 0
-            for u in updates:
-                path, mtime = u.get("path"), u.get("mtime", u.get("current_mtime"))
-                if not path or mtime is None:
-                    continue
-                rules.update_suspect(w, st, keys.normalise(path), float(mtime), u.get("size"),
-                                     u.get("status"))
-                n += 1
-            return n
+            for path, mtime, size, status in items:
+                rules.update_suspect(w, st, path, mtime, size, status)
+            return len(items)
 
         return await self.run(job)
 
@@ -135,6 +157,11 @@ class FsView:
     # -- queries (sync; call them from a thread) -------------------------------------
     def tree(self, path: str, *, recursive: bool = True, max_depth: int | None = None,
              only_path: bool = False, after: str | None = None, limit: int = 10_000) -> dict:
+        """The node at ``path`` and its children (``limit`` per directory, name order,
+        ``next_after`` to page on). The answer never holds more than ``max_tree_items``
+        entries: an unbounded tree over it is refused up front (its size is one aggregate
+        read), a ``max_depth`` one as soon as the walk passes it. Walked with a stack, so
+        any depth works."""
         p = keys.normalise(path)
         if max_depth is None and not recursive:
             max_depth = 1
@@ -142,67 +169,82 @@ class FsView:
             top = r.get(p)
             if top is None:
                 raise NotFoundError(f"path {path!r} is not in view {self.id!r} (not found or not yet synced)")
-            if top.is_dir and max_depth is None and self.max_tree_items > 0:
+            out = node_json(top, only_path)
+            if not top.is_dir or max_depth == 0:
+                return out
+            budget = self.max_tree_items if self.max_tree_items > 0 else None
+            if budget is not None:
                 st = r.stats(p)
                 count = st.file_count + st.dir_count
-                if count > self.max_tree_items:
+                if count <= budget:
+                    budget = None  # the whole subtree fits
+                elif max_depth is None:
                     raise TooManyItemsError(
                         f"the tree under {path!r} has {count} items, over this view's limit of "
                         f"{self.max_tree_items}; ask for a max_depth, a more specific path, or "
                         "raise driver_params.max_tree_items"
                     )
-            out = node_json(top, only_path)
-            if not top.is_dir or max_depth == 0:
-                return out
             after_b = keys.normalise("/" + after)[1:] if after else None
-            self._fill(r, out, top.path, 1, max_depth, only_path, limit, after_b)
+            emitted = 0
+            stack = [(out, top.path, 1, after_b)]
+            while stack:
+                parent_json, dpath, depth, start_after = stack.pop()
+                kids, nxt = r.children(dpath, after=start_after, limit=limit)
+                emitted += len(kids)
+                if budget is not None and emitted > budget:
+                    raise TooManyItemsError(
+                        f"this answer would hold more than this view's limit of {budget} items "
+                        f"(max_depth={max_depth}, limit={limit} per directory); ask for a "
+                        "smaller max_depth or limit and page on with after/next_after")
+                children = []
+                for k in kids:
+                    j = node_json(k, only_path)
+                    children.append(j)
+                    if k.is_dir and (max_depth is None or depth < max_depth):
+                        if depth >= MAX_NESTING:
+                            raise BadQueryError(
+                                f"the tree under {path!r} is deeper than {MAX_NESTING} levels, "
+                                f"more than one JSON answer can nest; ask for max_depth <= "
+                                f"{MAX_NESTING} and go on from a deeper path")
+                        stack.append((j, k.path, depth + 1, None))
+                parent_json["children"] = children
+                if nxt is not None:
+                    parent_json["next_after"] = keys.display(nxt)
             return out
 
-    def _fill(self, r, out: dict, path: bytes, depth: int, max_depth: int | None,
-              only_path: bool, limit: int, after: bytes | None = None) -> None:
-        kids, nxt = r.children(path, after=after, limit=limit)
-        children = []
-        for k in kids:
-            j = node_json(k, only_path)
-            if k.is_dir and (max_depth is None or depth < max_depth):
-                self._fill(r, j, k.path, depth + 1, max_depth, only_path, limit)
-            children.append(j)
-        out["children"] = children
-        if nxt is not None:
-            out["next_after"] = keys.display(nxt)
-
     def stats(self, path: str = "/") -> dict:
+        """Counts of the subtree at ``path`` (every count describes that path) and the
+        view's health. O(1): one aggregate record and table sizes."""
         p = keys.normalise(path)
         st = self.state
         with self.store.read() as r:
             s = r.stats(p)
             if s is None:
                 raise NotFoundError(f"path {path!r} is not in view {self.id!r}")
-            root = s if p == keys.ROOT else r.stats(keys.ROOT)
             dbs = r.dbs
             n_add, n_del = r.count(dbs.blind_additions), r.count(dbs.blind_deletions)
-            suspects = r.count(dbs.suspects)
-        now = time.time()
+            suspect_files = r.suspect_file_count()
         last = st.last_event_at
         return {
             "path": keys.display(p),
             **s.as_dict(),
-            "item_count": root.file_count + root.dir_count,
-            "total_files": root.file_count,
-            "total_directories": root.dir_count,
+            # the names of the original's answer, for the same subtree (the directory
+            # itself counts in dir_count and item_count, as "/" did there)
+            "item_count": s.file_count + s.dir_count,
+            "total_files": s.file_count,
+            "total_directories": s.dir_count,
             "total_size": s.total_size,
             "latency_ms": st.last_event_latency_ms,
-            "staleness_seconds": max(0.0, now - last) if last else None,
-            "oldest_item_path": None,
             "has_blind_spot": bool(n_add or n_del),
             "blind_spot_additions": n_add,
             "blind_spot_deletions": n_del,
-            "suspect_file_count": suspects,
+            "suspect_file_count": suspect_files,
             "logical_now": st.clock.watermark(),
             "last_audit_finished_at": st.last_audit_finished_at,
             "audit_cycle_count": st.audit_cycle_count,
             "is_auditing": st.last_audit_start is not None,
-            "last_event_at": last,
+            "last_event_at": last or None,
+            "seconds_since_last_event": round(max(0.0, time.time() - last), 3) if last else None,
         }
 
     def search(self, pattern: str, path: str = "/", limit: int = 1000) -> list[dict]:
@@ -210,21 +252,27 @@ class FsView:
             return [node_json(n) for n in r.search(pattern, keys.normalise(path), limit)]
 
     def blind_spots(self, limit: int = 10_000) -> dict:
+        """What only audits saw: added entries (files and directories, each with its
+        ``content_type``; an entry leaves the list when its node goes) and deleted paths.
+        Each count is the length of its full list; ``*_truncated`` says a list was cut."""
         with self.store.read() as r:
             adds = []
             for p in r.iter_blind("additions"):
+                if len(adds) >= limit:
+                    break
                 n = r.get(p)
-                if n is not None and not n.is_dir:
+                if n is not None:
                     adds.append(node_json(n))
-                    if len(adds) >= limit:
-                        break
             dels = []
             for p in r.iter_blind("deletions"):
-                dels.append(keys.display(p))
                 if len(dels) >= limit:
                     break
-            return {"additions_count": r.count(r.dbs.blind_additions), "additions": adds,
-                    "deletion_count": r.count(r.dbs.blind_deletions), "deletions": dels}
+                dels.append(keys.display(p))
+            n_add, n_del = r.count(r.dbs.blind_additions), r.count(r.dbs.blind_deletions)
+            return {"additions_count": n_add, "additions": adds,
+                    "additions_truncated": n_add > len(adds),
+                    "deletion_count": n_del, "deletions": dels,
+                    "deletions_truncated": n_del > len(dels)}
 
     def suspect_list(self, limit: int = 100_000) -> list[dict]:
         wall, mono = time.time(), time.monotonic()
