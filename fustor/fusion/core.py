@@ -32,6 +32,7 @@ from fustor.fusion.views.forest import ForestView
 from fustor.fusion.views.fs import FsView
 
 log = logging.getLogger("fustor.fusion")
+MAX_SESSION_TIMEOUT_S = 3600
 
 
 class Fusion:
@@ -106,9 +107,10 @@ class Fusion:
         removed_views = [v for v in self.views if v not in wanted]
         for vid in added_views:
             self.views[vid] = self._open_view(vid, wanted[vid])
+        closing: list = []
         for vid, view in self.views.items():
             if isinstance(view, ForestView) and vid in wanted:
-                view.set_members(self._forest_members(vid, new_pipes))
+                closing.extend(view.set_members(self._forest_members(vid, new_pipes)))
                 continue
             if vid in wanted:
                 vc = wanted[vid]
@@ -126,8 +128,8 @@ class Fusion:
             # member the key is "<view>:<pipe>", not the view id)
             if s.pipe_id not in new_pipes or self.keys_of_pipe(s.pipe_id) != s.keys:
                 self.sessions.close(s.session_id)  # the agent gets 419 and reconnects
-        for vid in removed_views:
-            self.views.pop(vid).close()
+        closing.extend(self.views.pop(vid) for vid in removed_views)
+        _close_off_loop(closing)
         diff = {"views_added": added_views, "views_removed": removed_views,
                 "pipes_added": [p for p in new_pipes if p not in old_pipes],
                 "pipes_removed": removed_pipes, "pipes_changed": changed}
@@ -167,14 +169,12 @@ class Fusion:
         for s in self.sessions.expire():
             log.info("session %s (%s) expired", s.session_id, s.task_id)
         self.fleet.tick()
+        self.sessions.purge_jobs()
 
     async def _sweep(self) -> None:
         for v in self.fs_views():
-            if v.store.queued == 0:
-                with v.store.read() as r:
-                    due = r.due_suspects(time.time(), limit=1)
-                if due:
-                    await v.sweep_suspects()
+            if v.store.queued == 0 and await asyncio.to_thread(v.suspects_due, time.time()):
+                await v.sweep_suspects()
 
     # -- keys ---------------------------------------------------------------------
     def principal(self, key: str | None) -> Principal:
@@ -205,16 +205,29 @@ class Fusion:
         pipe_id = self.pipe_scope(who)
         pc = self.pipes[pipe_id]
         hint = body.get("session_timeout_seconds")
+        if hint and not 1 <= hint <= MAX_SESSION_TIMEOUT_S:
+            raise BadPayloadError(f"session_timeout_seconds: {hint} is out of range; give 1 to "
+                                  f"{MAX_SESSION_TIMEOUT_S} seconds (or leave it out for the "
+                                  f"pipe's {pc.session_timeout_seconds})")
         info = body.get("client_info") or {}
+        if not isinstance(info, dict):
+            info = {}
         task_id = str(body["task_id"])
+        source_uri = info.get("source_uri")
         for old in [o for o in self.sessions.for_pipe(pipe_id) if o.task_id == task_id]:
+            if old.client_ip != client_ip or old.source_uri != source_uri:
+                # another agent using the same agent_id: replacing it would make the two
+                # evict each other forever (each eviction clears blind spots); keep both
+                log.warning("two agents use the task id %s (%s and %s); give each agent its "
+                            "own agent_id", task_id, old.client_ip, client_ip)
+                continue
             # the same agent pipe reconnecting (e.g. restarted after a crash): its old
             # session is dead, so it must not keep the leadership until it times out
             log.info("session %s replaced by a new session of %s", old.session_id, task_id)
             self.sessions.close(old.session_id)
         s = self.sessions.create(
             pipe_id, self.keys_of_pipe(pipe_id), task_id, hint or pc.session_timeout_seconds,
-            pc.allow_concurrent_push, info.get("source_uri"), client_ip,
+            pc.allow_concurrent_push, source_uri, client_ip,
         )
         self.fleet.session_opened(s)
         for v in self.targets(pipe_id):
@@ -308,10 +321,9 @@ class Fusion:
             await v.audit_end()
         return {"status": "audit_ended", "drivers_handled": len(views)}
 
-    def sentinel_tasks(self, who: Principal) -> dict:
-        paths: list[str] = []
-        for v in self._views_for_key(who):
-            paths.extend(v.suspect_paths())
+    async def sentinel_tasks(self, who: Principal) -> dict:
+        views = self._views_for_key(who)
+        paths = await asyncio.to_thread(lambda: [p for v in views for p in v.suspect_paths()])
         if not paths:
             return {}
         return {"type": "suspect_check", "paths": sorted(set(paths)), "view_id": who.pipe}
@@ -348,3 +360,15 @@ class Fusion:
             "snapshot_complete": self.sessions.snapshot_complete(view.id),
             "snapshot_completed_at": view.snapshot_completed_at,
         }
+
+
+def _close_off_loop(things: list) -> None:
+    """Close views (their writers finish queued jobs first) without holding the event loop."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        for t in things:
+            t.close()
+        return
+    for t in things:
+        loop.run_in_executor(None, t.close)

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 
 from fustor.errors import SessionConflictError, SessionObsoleteError
 
+JOB_DONE_KEEP_S = 3600.0
+JOB_MAX_AGE_S = 24 * 3600.0
+
 
 @dataclass
 class Session:
@@ -208,6 +211,16 @@ class SessionManager:
                 job.completed_at = time.time()
                 return job
         return None
+
+    def purge_jobs(self, now: float | None = None) -> int:
+        """Forget jobs finished over an hour ago and any job over a day old."""
+        now = time.time() if now is None else now
+        old = [j.job_id for j in self.jobs.values()
+               if (j.completed_at is not None and now - j.completed_at > JOB_DONE_KEEP_S)
+               or now - j.created_at > JOB_MAX_AGE_S]
+        for job_id in old:
+            del self.jobs[job_id]
+        return len(old)
 
     def scan_pending(self, key: str, path: str) -> str | None:
         for s in self.for_key(key):

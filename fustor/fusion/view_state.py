@@ -18,11 +18,13 @@ by that cycle carries it in its ``audit_mark`` field. Numbers only grow (a reset
 which empties the tree of marks, starts them again), so marks left by an
 abandoned cycle never count for a later one.
 
-A write job that fails leaves this object ahead of the store; the caller then
-reloads it (``load``) from a read transaction, as ``views/fs.py`` does. A job the
-store runs again after growing its map is covered by ``sync``, which the rules
-call at their start: ``generation`` (bumped by every save) tells whether the
-transaction holds what this object last saved.
+Only the store's writer thread changes this object (after it is loaded): each write
+job of ``views/fs.py`` takes a ``checkpoint`` first and carries an ``undo`` that
+restores it, which the store calls in the writer thread whenever the job's changes do
+not reach the disk (the job failed, the group is run again after a map growth, the
+disk is full). So the object always matches what is committed plus the jobs in
+flight, and no other thread ever reloads it. ``sync`` (``generation`` is bumped by
+every save) remains as a cheap guard for callers that run rules directly.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class ViewState:
     _generation: int = field(default=0, repr=False)
     _clock_saved_version: int = field(default=-1, repr=False)
     _clock_saved_at: float = field(default=float("-inf"), repr=False)
+    _cp_clock: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.clock is None:
@@ -130,6 +133,28 @@ class ViewState:
                 writer.put_meta(CLOCK_KEY, self.clock.dump())
                 self._clock_saved_version = version
                 self._clock_saved_at = wall
+
+    def checkpoint(self) -> tuple:
+        """Everything a write job may change here, to put back with :meth:`restore`
+        (the clock's samples are copied only when they changed since the last one)."""
+        version = self.clock.version
+        if self._cp_clock is None or self._cp_clock[0] != version:
+            self._cp_clock = (version, self.clock.dump())
+        return (self._scalars(), self._generation, self._saved, self._cp_clock,
+                self._clock_saved_version, self._clock_saved_at)
+
+    def restore(self, cp: tuple) -> None:
+        """Back to a :meth:`checkpoint`: the job that changed this object did not commit."""
+        scalars, self._generation, self._saved, clock, self._clock_saved_version, \
+            self._clock_saved_at = cp
+        (self.last_audit_start, self.audit_cycle, self.audit_rows_seen,
+         self.last_audit_finished_at, self.audit_cycle_count, self.last_event_latency_ms,
+         self.last_event_at) = scalars
+        if self.clock.version != clock[0]:
+            self.clock.load(clock[1])
+            self._cp_clock = (self.clock.version, clock[1])
+            if self._clock_saved_version == clock[0]:
+                self._clock_saved_version = self.clock.version  # the same samples as saved
 
     def clear(self) -> None:
         """Forget every scalar and clock sample (view reset); the config stays."""

@@ -235,11 +235,17 @@ class Store:
         return self._writer.queued if self._writer else 0
 
     def _run_group(self, group: list) -> list:
+        """Run the jobs in one transaction. A job may carry ``undo()``: it is called (in
+        this thread, latest first) whenever the job's changes do not reach the disk —
+        its own failure, or the whole group's (map full: the group runs again; disk full)
+        — so state a job keeps beside the store can follow the store exactly."""
         out = []
+        ran: list = []
         txn = self.env.begin(write=True)
         try:
             for fn, _fut in group:
                 child = self.env.begin(write=True, parent=txn)
+                ran.append(fn)
                 try:
                     w = TreeWriter(child, self.dbs)
                     result = fn(w)
@@ -251,10 +257,12 @@ class Store:
                     child.abort()
                     if is_disk_full(exc):
                         raise
+                    _undo([ran.pop()])
                     out.append((False, StoreError(f"write failed: {exc}")))
                     continue
                 except Exception as exc:
                     child.abort()
+                    _undo([ran.pop()])
                     out.append((False, exc))
                     continue
                 child.commit()
@@ -262,6 +270,7 @@ class Store:
             txn.commit()
         except BaseException:
             txn.abort()
+            _undo(ran)
             raise
         return out
 
@@ -313,3 +322,10 @@ def apply_changes(w: TreeWriter, changes) -> int:
 
 
 __all__ = ["Store", "Node", "FORMAT_VERSION", "apply_changes"]
+
+
+def _undo(jobs: list) -> None:
+    for fn in reversed(jobs):
+        undo = getattr(fn, "undo", None)
+        if undo is not None:
+            undo()

@@ -11,7 +11,9 @@
                               disk full:    abort all, every job fails with StoreFullError
 
 A job is a callable taking the transaction's ``TreeWriter``. It must not have
-side effects outside the transaction: after a map growth it runs again.
+side effects outside the transaction (after a map growth it runs again), unless it
+also carries an ``undo()`` that takes them back; the store calls it, in this thread,
+whenever the job's changes do not reach the disk.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ async def audit_end(request: Request):
 @router.get("/consistency/sentinel/tasks", **requires("ingest"))
 async def sentinel_tasks(request: Request):
     """Suspect paths of the key's pipe for the agent to re-stat."""
-    return json_response(fusion(request).sentinel_tasks(principal(request)))
+    return json_response(await fusion(request).sentinel_tasks(principal(request)))
 
 
 @router.post("/consistency/sentinel/feedback", **requires("ingest", SentinelFeedback))

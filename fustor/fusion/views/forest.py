@@ -45,22 +45,23 @@ class ForestView:
             if pipe_id not in self.allowed:
                 raise NotFoundError(f"pipe {pipe_id!r} is not a member of forest view {self.id!r}")
             m = FsView(self.member_key(pipe_id), self.dir / f"{pipe_id}.lmdb", **self.params)
-            self.members[pipe_id] = m
+            # copy on write: a query in a worker thread keeps the dict it started with
+            self.members = {**self.members, pipe_id: m}
         return m
 
-    def set_members(self, member_pipes: list[str]) -> list[str]:
-        """Adopt a new member list (config reload); returns the members closed. Their
-        files stay on disk; adding the pipe back serves them again."""
+    def set_members(self, member_pipes: list[str]) -> list[FsView]:
+        """Adopt a new member list (config reload); returns the members dropped, for the
+        caller to close (off the event loop). Their files stay on disk; adding the pipe
+        back serves them again."""
         self.allowed = set(member_pipes)
-        gone = [p for p in self.members if p not in self.allowed]
-        for p in gone:
-            self.members.pop(p).close()
+        gone = [m for p, m in self.members.items() if p not in self.allowed]
+        self.members = {p: m for p, m in self.members.items() if p in self.allowed}
         return gone
 
     def close(self) -> None:
-        for m in self.members.values():
+        members, self.members = self.members, {}
+        for m in members.values():
             m.close()
-        self.members.clear()
 
     # -- queries --------------------------------------------------------------------
     def _check_best(self, best: str | None) -> None:
@@ -114,8 +115,9 @@ class ForestView:
         and descended into. Results come in path order; pass ``next_after`` back as
         ``after`` for the next page.
         """
-        names = sorted(members or self.members)
-        missing = [n for n in names if n not in self.members]
+        current = self.members
+        names = sorted(members or current)
+        missing = [n for n in names if n not in current]
         if missing:
             raise NotFoundError(f"not members of {self.id!r}: {', '.join(missing)}")
         if len(names) < 2:
@@ -124,7 +126,7 @@ class ForestView:
         after_parts = keys.normalise(after).split(b"/") if after else None
         out: list[dict] = []
         with ExitStack() as stack:
-            readers = {n: stack.enter_context(self.members[n].store.read()) for n in names}
+            readers = {n: stack.enter_context(current[n].store.read()) for n in names}
             tops = {n: r.get(top) for n, r in readers.items()}
             if not any(tops.values()):
                 raise NotFoundError(f"path {path!r} is in no member")

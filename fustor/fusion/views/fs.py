@@ -91,22 +91,21 @@ class FsView:
 
     # -- writes -------------------------------------------------------------------
     async def run(self, fn: Callable, *, save: bool = True):
-        """Run ``fn(writer, state)`` in the next write transaction; return after commit."""
+        """Run ``fn(writer, state)`` in the next write transaction; return after commit.
+        The state is changed only in the writer thread, and put back there (``undo``)
+        when the job's changes do not reach the disk."""
         st = self.state
+        cp: list = []
 
         def job(w):
+            cp[:] = [st.checkpoint()]
             out = fn(w, st)
             if save:
                 st.save(w)
             return out
 
-        fut = self.store.submit(job, block=False)
-        try:
-            return await asyncio.wrap_future(fut)
-        except Exception:
-            with self.store.read() as r:  # the failed job's in-memory changes are void
-                st.load(r)
-            raise
+        job.undo = lambda: st.restore(cp[0]) if cp else None
+        return await asyncio.wrap_future(self.store.submit(job, block=False))
 
     async def apply_events(self, events: list[dict]) -> dict:
         def job(w, st):
@@ -284,6 +283,10 @@ class FsView:
                 if len(out) >= limit:
                     break
         return out
+
+    def suspects_due(self, now: float) -> bool:
+        with self.store.read() as r:
+            return bool(r.due_suspects(now, limit=1))
 
     def suspect_paths(self) -> list[str]:
         return [s["path"] for s in self.suspect_list()]
