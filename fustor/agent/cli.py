@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -157,7 +158,10 @@ def start(configs, watch_dir, fusion_url, key, key_file, ca_file, console_host, 
         return
     if running and running != os.getpid():  # our own PID: this process re-executed itself
         raise FustorError(f"an agent is already running with PID {running}; `fustor agent stop` it first")
-    setup_logging(cfg.logging, verbose)
+    setup_logging(cfg.logging, verbose, fmt=cfg.log_format, log_dir=cfg.log_dir, name="agent")
+    for item in cfg.ignored:
+        logging.getLogger("fustor.agent").info("ignored config key (not used by this agent): %s",
+                                               item)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))
     tty = sys.stdout.isatty()
@@ -237,6 +241,8 @@ def validate(configs) -> None:
     cfg, _ = _load(configs)
     for w in getattr(cfg, "warnings", []):
         click.echo(f"warning: {w}")
+    for item in cfg.ignored:
+        click.echo(f"ignored (accepted, not used by this agent): {item}")
     click.echo(f"ok: {len(enabled_pipes(cfg))} enabled pipe(s)")
 
 

@@ -153,9 +153,9 @@ class PipeConfig:
     error_retry_interval: float = 5.0
     backoff_multiplier: float = 2.0
     max_backoff_seconds: float = 60.0
-    max_consecutive_errors: int = 5
+    max_consecutive_errors: int = 5  # errors in a row before the pipe says CRITICAL/error
+    full_audit_every: int = 6  # every Nth audit re-reads silent directories too (0: never)
     disabled: bool = False
-    fields_mapping: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -267,11 +267,8 @@ def _ca_file(s: _Section) -> str | None:
 
 
 def _pipe(s: _Section) -> PipeConfig:
-    mapping = s.items("fields_mapping")
-    for i, item in enumerate(mapping):
-        if not isinstance(item, dict):
-            raise ConfigError(f"{s.where(f'fields_mapping[{i}]')}: expected a mapping "
-                              f"{{to: ..., source: [...]}}, got {item!r}")
+    # fields_mapping (a row projection of the original) is not applied: fusion's fs views
+    # need the fs row as it is, so the key is left unread and listed as ignored
     return PipeConfig(
         source=s.get("source", str, REQUIRED), sender=s.get("sender", str, REQUIRED),
         audit_interval_sec=s.get("audit_interval_sec", float, 600.0, 0),
@@ -281,8 +278,8 @@ def _pipe(s: _Section) -> PipeConfig:
         backoff_multiplier=s.get("backoff_multiplier", float, 2.0, 1),
         max_backoff_seconds=s.get("max_backoff_seconds", float, 60.0, 0),
         max_consecutive_errors=s.get("max_consecutive_errors", int, 5, 1),
-        disabled=s.get("disabled", bool, False),
-        fields_mapping=[dict(m) for m in mapping])
+        full_audit_every=s.get("full_audit_every", int, 6, 0),
+        disabled=s.get("disabled", bool, False))
 
 
 _SECTIONS = {"sources": _source, "senders": _sender, "pipes": _pipe}

@@ -62,6 +62,7 @@ def build_pipe(cfg: AgentConfig, pipe_id: str, agent_id: str, transport=None,
         session_timeout_seconds=pc.session_timeout_seconds,
         error_retry_interval=pc.error_retry_interval, backoff_multiplier=pc.backoff_multiplier,
         max_backoff_seconds=pc.max_backoff_seconds, startup_mode=src.startup_mode,
+        max_consecutive_errors=pc.max_consecutive_errors, full_audit_every=pc.full_audit_every,
     )
     return AgentPipe(pipe_id, f"{agent_id}:{pipe_id}", source, client, settings,
                      source_uri=str(src.uri), version=version(), commands=commands)
@@ -137,7 +138,7 @@ class Agent:
             diff["console_changed"] = new.console != self.cfg.console
             self.cfg = new
             if diff.get("logging_changed"):
-                setup_logging(new.logging)
+                setup_logging(new.logging, fmt=new.log_format, log_dir=new.log_dir, name="agent")
             for pid in [*diff.get("removed", []), *diff.get("changed", [])]:
                 pipe = self.pipes.pop(pid, None)
                 if pipe is not None:

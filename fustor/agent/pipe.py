@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ from fustor.agent.sender_http import (
 from fustor.agent.thread_iter import ThreadIter
 
 log = logging.getLogger("fustor.agent")
+PERMANENT = (400, 413, 422)  # fusion will refuse the same batch again: split it
 
 
 @dataclass
@@ -59,6 +61,8 @@ class PipeSettings:
     backoff_multiplier: float = 2.0
     max_backoff_seconds: float = 60.0
     startup_mode: str | None = None  # "message-only": no snapshot
+    max_consecutive_errors: int = 5  # errors in a row before the pipe says so loudly
+    full_audit_every: int = 6  # every Nth audit re-reads silent directories too (0: never)
     # snapshot batches awaiting fusion at once: the walk and fusion's commits overlap
     # (batches carry no order: each is a set of independent rows of one snapshot)
     snapshot_in_flight: int = 3
@@ -135,7 +139,17 @@ class AgentPipe:
         self._wake = asyncio.Event()
         self._heartbeat_interval = 3.0
         self._audit_cache: dict[str, float] = {}
+        self._audits = 0
+        self._repair = False  # realtime events were lost: the next leader duty is a full audit
         self._pending_rt: list[dict] = []
+        # realtime events drained by a worker thread wait here until pushed: a session that
+        # ends while the thread drains must not take them with it
+        self._staged: list[dict] = []
+        self._staged_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self.rows_rejected = 0  # rows fusion named as invalid (it applied the rest)
+        self.rows_dropped = 0  # rows fusion refused for good even alone: given up on
+        self.last_rejected: str | None = None
         self._main: asyncio.Task | None = None
         self._leader: asyncio.Task | None = None
         self._jobs: set[asyncio.Task] = set()
@@ -218,6 +232,12 @@ class AgentPipe:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.state = "backing off"
         wait = self.s.backoff(self.errors)
+        if self.errors >= self.s.max_consecutive_errors:
+            self.state = "error"  # still retrying, but an operator should look
+            if self.errors == self.s.max_consecutive_errors:
+                log.critical("pipe %s: %d errors in a row (max_consecutive_errors); still "
+                             "retrying every %.0f s at most: %s", self.pipe_id, self.errors,
+                             self.s.max_backoff_seconds, self.last_error)
         log.warning("pipe %s: %s (retry %d in %.0f s)", self.pipe_id, self.last_error, self.errors, wait)
         await asyncio.sleep(wait)
 
@@ -302,6 +322,8 @@ class AgentPipe:
                 "is_realtime_ready": self.source.status.get("watching", False),
                 "watch": self.source.status, "fusion_url": self.client.url,
                 "fusion_reachable": self.client.reachable,
+                "rows_rejected": self.rows_rejected, "rows_dropped": self.rows_dropped,
+                "last_rejected": self.last_rejected,
                 "commands": self.commands.results()}
 
     def wake_heartbeat(self) -> None:
@@ -341,27 +363,81 @@ class AgentPipe:
     # -- pushing ----------------------------------------------------------------------
     async def _push(self, events: list[dict], phase: str, *, is_end: bool = False,
                     metadata: dict | None = None) -> None:
-        """Push until fusion accepts it; only a lost session ends the attempt."""
+        """Push until fusion accepts it; only a lost session ends the attempt.
+
+        A batch fusion refuses as such (400/413/422: it will refuse it again) is split in
+        halves and pushed piece by piece, so one bad row costs only itself: a single row
+        refused alone is dropped and counted (``rows_dropped``) instead of blocking every
+        event behind it. Rows fusion names as invalid in a 200 are counted too."""
         tries = 0
         while True:
             try:
-                await self.client.push(self.session_id, events, phase, is_end=is_end, metadata=metadata)
+                reply = await self.client.push(self.session_id, events, phase, is_end=is_end,
+                                               metadata=metadata)
                 break
-            except (FusionUnavailableError, FusionRejectedError) as exc:
+            except FusionRejectedError as exc:
+                if exc.status in PERMANENT and events and not is_end:
+                    await self._push_split(events, phase, exc)
+                    return
                 tries += 1
                 self.last_error = f"push {phase}: {exc}"
                 wait = exc.retry_after or self.s.backoff(tries)
                 log.warning("pipe %s: %s (retry in %.1f s)", self.pipe_id, self.last_error, wait)
                 await asyncio.sleep(wait)
+            except FusionUnavailableError as exc:
+                tries += 1
+                self.last_error = f"push {phase}: {exc}"
+                wait = exc.retry_after or self.s.backoff(tries)
+                log.warning("pipe %s: %s (retry in %.1f s)", self.pipe_id, self.last_error, wait)
+                await asyncio.sleep(wait)
+        rejected = reply.get("rejected") if isinstance(reply, dict) else None
+        if rejected:
+            self.rows_rejected += len(rejected)
+            first = rejected[0] if isinstance(rejected[0], dict) else {}
+            self.last_rejected = f"{first.get('path')}: {first.get('reason')}"
         rows = sum(len(e["rows"]) for e in events)
         self.events_pushed += len(events)
         self.rows_pushed += rows
         self._rate.add(rows)
 
+    async def _push_split(self, events: list[dict], phase: str, exc: FusionRejectedError) -> None:
+        if len(events) > 1:
+            half = len(events) // 2
+            await self._push(events[:half], phase)
+            await self._push(events[half:], phase)
+            return
+        rows = events[0]["rows"]
+        if len(rows) > 1:
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                await self._push([{**events[0], "rows": part}], phase)
+            return
+        self.rows_dropped += len(rows)
+        path = rows[0].get("path") if rows and isinstance(rows[0], dict) else None
+        self.last_rejected = f"{path}: {exc}"
+        self.last_error = f"push {phase}: fusion refused {path!r} for good, dropped: {exc}"
+        log.error("pipe %s: %s", self.pipe_id, self.last_error)
+
+    def _drain_to_stage(self) -> None:
+        """In a worker thread: move what the watcher has into the stage. One drain at a
+        time, so events keep their order even when a cancelled drain is still running."""
+        with self._drain_lock:
+            got = self.source.drain(self.s.batch_size, 0.2)
+            if got:
+                with self._staged_lock:
+                    self._staged.extend(got)
+
+    def _take_staged(self) -> list[dict]:
+        with self._staged_lock:
+            out, self._staged = self._staged[:self.s.batch_size], self._staged[self.s.batch_size:]
+        return out
+
     async def _realtime(self) -> None:
         while True:
             if not self._pending_rt:
-                self._pending_rt = await asyncio.to_thread(self.source.drain, self.s.batch_size, 0.2)
+                if not self._staged:
+                    await asyncio.to_thread(self._drain_to_stage)
+                self._pending_rt = self._take_staged()
             if not self._pending_rt:
                 continue
             events = [make_event(e["rows"], "realtime", e["event_type"], e.get("seq", -1))
@@ -370,8 +446,10 @@ class AgentPipe:
             self._pending_rt = []
             self.last_realtime_push = time.time()
             if self.source.status.get("overflowed") and self.role == "leader":
+                # events were lost: only an audit can find what was deleted meanwhile (a
+                # snapshot never deletes). Followers keep the flag until they lead.
                 self.source.clear_overflow()
-                self.snapshot_done = False  # events were lost to overflow: walk again
+                self._repair = True
                 self._role_changed.set()
 
     # -- leader duties ----------------------------------------------------------------
@@ -399,7 +477,13 @@ class AgentPipe:
             if not self.snapshot_done:
                 await self._snapshot()
             now = time.monotonic()
-            if self.s.audit_interval_sec > 0 and now >= next_audit:
+            if self._repair:
+                self._repair = False
+                log.warning("pipe %s: realtime events were lost; a full audit repairs the view "
+                            "(additions and deletions)", self.pipe_id)
+                await self._audit(full=True)
+                next_audit = time.monotonic() + self.s.audit_interval_sec
+            elif self.s.audit_interval_sec > 0 and now >= next_audit:
                 await self._audit()
                 next_audit = time.monotonic() + self.s.audit_interval_sec
             if self.s.sentinel_interval_sec > 0 and now >= next_sentinel:
@@ -460,7 +544,15 @@ class AgentPipe:
         self.phase = "realtime"
         log.info("pipe %s: snapshot complete, %d rows", self.pipe_id, n)
 
-    async def _audit(self) -> None:
+    async def _audit(self, full: bool = False) -> None:
+        """One audit cycle. Directories whose mtime is unchanged since the last audit are
+        "silent" (their files are not re-read); every ``full_audit_every``-th audit, and a
+        repair, re-reads everything, so an in-place edit made through another NFS client
+        (which changes no directory mtime) reaches the view too."""
+        self._audits += 1
+        every = self.s.full_audit_every
+        if full or (every and self._audits % every == 0):
+            self._audit_cache.clear()
         self.phase = "audit"
         try:
             await self.client.audit_start()

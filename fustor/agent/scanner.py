@@ -272,6 +272,9 @@ class Walk:
             st = os.lstat(directory)
         except OSError as exc:
             self._stats.failed(rel, exc)
+            if self._cache is not None and not isinstance(exc, FileNotFoundError):
+                # it was listed a moment ago: unreadable is "unknown", never "gone"
+                self._put(Piece([unknown_row(rel)], {}))
             return
         if not stat.S_ISDIR(st.st_mode):  # replaced by a file since it was listed
             if self._accept(os.path.basename(directory)):
@@ -329,9 +332,17 @@ class Walk:
                         buf, own_row_sent = [], True
         except OSError as exc:  # the listing broke off half-way
             self._stats.failed(rel, exc)
+            if audit:  # what was not listed is unknown, not gone
+                buf.append(unknown_row(rel))
             self._put(Piece(buf, {}))
             return
         self._put(Piece(buf, {rel: st.st_mtime} if audit and not silent else {}))
+
+
+def unknown_row(rel: str) -> dict:
+    """An audit row for a directory that exists but could not be read: no ``modified_time``
+    and ``audit_skipped``, which fusion takes as "keep it and its children as they are"."""
+    return {"path": rel, "is_directory": True, "audit_skipped": True}
 
 
 def rechunk(pieces: Iterator[Piece], batch_rows: int) -> Iterator[tuple[list[dict], dict]]:

@@ -29,7 +29,7 @@ our walks reported suppresses them (a deletion of a path forgets it).
 Synthetic events (watchdog's own walks after moves) are ignored for the same
 reason.
 
-Loss is never silent: a full queue sets ``overflowed`` (the pipe re-snapshots
+Loss is never silent: a full queue sets ``overflowed`` (the leader runs a full audit
 and calls ``clear_overflow``), so does watchdog's report of a kernel queue
 overflow; a failure to watch the root, or a probe finding the per-user inotify
 watch limit exhausted, sets ``watch_limit_reached`` (the pipe falls back to
@@ -106,7 +106,7 @@ class RealtimeQueue:
                 if not self.overflowed:
                     log.warning(
                         "realtime queue full (%d events): events are being lost; "
-                        "a snapshot must repair the view", self.capacity)
+                        "a full audit by the leader must repair the view", self.capacity)
                 self.overflowed = True
                 self.dropped += 1
                 return False
@@ -118,7 +118,7 @@ class RealtimeQueue:
     def mark_overflow(self, why: str) -> None:
         with self._cond:
             if not self.overflowed:
-                log.warning("realtime events lost (%s); a snapshot must repair the view", why)
+                log.warning("realtime events lost (%s); a full audit by the leader must repair the view", why)
             self.overflowed = True
 
     def clear_overflow(self) -> None:

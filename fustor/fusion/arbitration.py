@@ -223,7 +223,8 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
         wall = now()
         # only realtime rows that carry an mtime are skew samples
         wm = clock.update(mtime, realtime and given is not None)
-        latency = (wm - mtime) * 1000.0 if mtime is not None and wm > mtime else 0.0
+        if mtime is not None and (deleting or given is not None):  # not rows without a time
+            latency = (wm - mtime) * 1000.0 if wm > mtime else 0.0
         if apply(row, path, mtime, fields, wall, wm):
             applied += 1
         else:
@@ -364,6 +365,16 @@ class _Event:
         st = self.st
         src = self.src
         audit = self.audit
+        if audit and row.get("modified_time") is None and row.get("audit_skipped") is True:
+            # "Unknown": the agent saw this entry but could not read it (a failed lstat, a
+            # listing that broke off). It is kept as it is, and its children are not judged
+            # by this cycle (it is not recorded as a reported directory).
+            w.discard_audit_dir(path)
+            node = w.get(path)
+            if node is not None and node.audit_mark != st.audit_cycle:
+                node.audit_mark = st.audit_cycle
+                w.put_flags(node)
+            return False
         is_dir, size, ctime = fields
         if audit and self.has_del:
             w.discard_blind("deletions", path)  # seen again, whatever the rules decide

@@ -228,7 +228,7 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
         return c
 
     cfg = load()
-    setup_logging(cfg.logging, verbose)
+    setup_logging(cfg.logging, verbose, fmt=cfg.log_format, log_dir=cfg.log_dir, name="fusion")
     for item in getattr(cfg, "ignored", []):
         logging.getLogger("fustor.config").info("ignored config key (not used by this fusion): %s", item)
     host = host or cfg.host

@@ -166,6 +166,9 @@ class StateWrites:
         tail = path if keys.needs_path_tail(path) else b""
         self.txn.put(keys.node_key(path), tail, db=self.dbs.audit_dirs)
 
+    def discard_audit_dir(self, path: bytes) -> bool:
+        return self.txn.delete(keys.node_key(path), db=self.dbs.audit_dirs)
+
     def clear(self, db) -> None:
         """Empty one table."""
         self.txn.drop(db, delete=False)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
 import pytest
 
+from fustor.agent.pipe import AgentPipe
 from fustor.agent.source_fs import FsSource
+from fustor.config import load_fusion_config
+from fustor.fusion.core import Fusion
 from tests.e2e import Cluster
+
+INGEST_KEY = "pipe-test-ingest"
+QUERY_KEY = "pipe-test-query"
 
 
 @pytest.fixture
@@ -64,3 +71,43 @@ def has_update(path: str, **fields) -> Callable[[list[dict]], bool]:
             for r in rows_of(events, "update")
         )
     return check
+
+
+@pytest.fixture
+async def run_pipe():
+    """Start pipes (in-process AgentPipe objects); every one is stopped at teardown, whatever the test did."""
+    started: list[AgentPipe] = []
+
+    async def run(pipe: AgentPipe) -> AgentPipe:
+        started.append(pipe)
+        await pipe.start()
+        return pipe
+
+    yield run
+    for p in started:
+        await asyncio.wait_for(p.stop(), 15)
+
+
+
+FUSION_YAML = f"""
+receivers:
+  main: {{driver: http, port: 18999, api_keys: [{{key: {INGEST_KEY}, pipe_id: p1}}]}}
+views:
+  v1: {{driver: fs, api_keys: [{QUERY_KEY}], driver_params: {{max_tree_items: 0}}}}
+pipes:
+  p1: {{receiver: main, views: [v1], session_timeout_seconds: 3, audit_interval_sec: 0,
+        sentinel_interval_sec: 0}}
+"""
+
+
+@pytest.fixture
+async def fusion(tmp_path):
+    """A real fusion (no HTTP) with view v1 fed by pipe p1; pair it with ASGITransport."""
+    cfg = tmp_path / "fusion.yaml"
+    cfg.write_text(FUSION_YAML)
+    f = Fusion(load_fusion_config(cfg), tmp_path / "data")
+    f.open()
+    try:
+        yield f
+    finally:
+        await f.stop()

@@ -118,7 +118,6 @@ def test_config_written_for_0817_loads_unchanged(tmp_path, tree):
     pipe = cfg.pipes["research"]
     assert (pipe.source, pipe.sender) == ("research-fs", "main-fusion")
     assert (pipe.audit_interval_sec, pipe.sentinel_interval_sec) == (300.0, 60.0)
-    assert pipe.fields_mapping == [{"to": "path", "source": ["path:string"]}]
     assert list(enabled_pipes(cfg)) == ["research"]
     file = str(tmp_path / "conf" / "default.yaml")
     assert sorted(cfg.ignored) == sorted(f"{file}: {key}" for key in [
@@ -126,7 +125,8 @@ def test_config_written_for_0817_loads_unchanged(tmp_path, tree):
         "sources.research-fs.retry_delay_sec",
         "sources.research-fs.driver_params.max_sync_delay_seconds",
         "senders.main-fusion.max_retries", "senders.main-fusion.retry_delay_sec",
-        "senders.main-fusion.driver_params.api_version", "pipes.research.iterator_queue_size"])
+        "senders.main-fusion.driver_params.api_version", "pipes.research.iterator_queue_size",
+        "pipes.research.fields_mapping"])  # not applied: fs views need the fs row as it is
     assert cfg.warnings == []
 
 
@@ -235,8 +235,7 @@ def test_defaults(tmp_path, tree):
     assert (pipe.audit_interval_sec, pipe.sentinel_interval_sec) == (600.0, 120.0)
     assert (pipe.error_retry_interval, pipe.backoff_multiplier, pipe.max_backoff_seconds,
             pipe.max_consecutive_errors) == (5.0, 2.0, 60.0, 5)
-    assert (pipe.session_timeout_seconds, pipe.disabled, pipe.fields_mapping) == (None, False,
-                                                                                    [])
+    assert (pipe.session_timeout_seconds, pipe.disabled, pipe.full_audit_every) == (None, False, 6)
     assert cfg.warnings == [] and cfg.ignored == []
 
 
@@ -259,8 +258,7 @@ def test_strings_numbers_and_booleans_as_yaml_users_write_them(tmp_path, tree):
     ("backoff_multiplier", 0.5, "must be at least 1"),
     ("session_timeout_seconds", "soon", "expected a whole number"),
     ("disabled", "maybe", "expected true or false"),
-    ("fields_mapping", "path", "expected a list"),
-    ("fields_mapping", "[path]", "expected a mapping"),
+    ("full_audit_every", -1, "must be at least 0"),
 ])
 def test_wrong_pipe_values_name_file_and_key(tmp_path, tree, key, value, problem):
     with pytest.raises(ConfigError, match=rf"c\.yaml: pipes\.p\.{key}\S*: {problem}"):

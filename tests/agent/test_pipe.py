@@ -22,17 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 
 from fustor.agent.pipe import AgentPipe, PipeSettings
 from fustor.agent.sender_http import FusionClient
 from fustor.agent.source_fs import FsSource
-from fustor.config import load_fusion_config
 from fustor.fusion.app import create_app
 from fustor.fusion.core import Fusion
-
-INGEST_KEY = "pipe-test-ingest"
-QUERY_KEY = "pipe-test-query"
+from tests.agent.conftest import INGEST_KEY, QUERY_KEY
 
 
 async def until(cond, timeout: float = 10.0, what: str = "condition"):
@@ -236,27 +232,6 @@ def make_pipe(root: Path, transport: httpx.AsyncBaseTransport, *, batch: int = 1
     return AgentPipe("p1", "agent-1:p1", source, client, PipeSettings(batch_size=batch, **kw),
                      source_uri=str(root))
 
-
-@pytest.fixture
-def root(tmp_path) -> Path:
-    r = tmp_path / "root"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-async def run_pipe():
-    """Start pipes; every one is stopped at teardown, whatever the test did."""
-    started: list[AgentPipe] = []
-
-    async def run(pipe: AgentPipe) -> AgentPipe:
-        started.append(pipe)
-        await pipe.start()
-        return pipe
-
-    yield run
-    for p in started:
-        await asyncio.wait_for(p.stop(), 15)
 
 
 # -- pushes: retry, Retry-After, 419 ----------------------------------------------------------
@@ -489,29 +464,6 @@ async def test_stop_mid_audit_with_fusion_down_returns_promptly(root, run_pipe):
 
 
 # -- the real fusion app, in-process ----------------------------------------------------------
-
-FUSION_YAML = f"""
-receivers:
-  main: {{driver: http, port: 18999, api_keys: [{{key: {INGEST_KEY}, pipe_id: p1}}]}}
-views:
-  v1: {{driver: fs, api_keys: [{QUERY_KEY}], driver_params: {{max_tree_items: 0}}}}
-pipes:
-  p1: {{receiver: main, views: [v1], session_timeout_seconds: 3, audit_interval_sec: 0,
-        sentinel_interval_sec: 0}}
-"""
-
-
-@pytest.fixture
-async def fusion(tmp_path):
-    cfg = tmp_path / "fusion.yaml"
-    cfg.write_text(FUSION_YAML)
-    f = Fusion(load_fusion_config(cfg), tmp_path / "data")
-    f.open()
-    try:
-        yield f
-    finally:
-        await f.stop()
-
 
 def tree_stats(root: Path) -> dict:
     """What the view's stats of ``/`` must say (its dir_count counts the root itself)."""

@@ -22,7 +22,8 @@ from fustor.config import load_fusion_config
 from fustor.errors import ConfigError
 from fustor.fusion.app import create_app
 from fustor.fusion.core import Fusion
-from tests.agent.test_pipe import FUSION_YAML, INGEST_KEY, make_tree, until, view_stats
+from tests.agent.conftest import FUSION_YAML, INGEST_KEY
+from tests.agent.test_pipe import make_tree, until, view_stats
 from tests.procs import Proc, free_port
 
 
