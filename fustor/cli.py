@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -18,14 +19,50 @@ def _echo_json(obj) -> None:
     click.echo(dumps(obj, indent=True).decode())
 
 
+def embedded_agent(cfg, watch_dir: Path):
+    """`fustor fusion serve --watch DIR`: an agent in the fusion process that pushes DIR to
+    the first pipe over loopback HTTP. Wired here, so that fusion never imports the agent."""
+    from fustor.agent.config import quick_config
+    from fustor.agent.daemon import Agent
+
+    if cfg.tls:  # its certificate is for the site's name, not for the loopback address
+        raise FustorError("--watch pushes over loopback HTTP, but this fusion serves TLS; run "
+                          "the agent on its own: fustor agent start --watch DIR --fusion "
+                          "https://HOST:PORT --ca-file CA.pem")
+    pipe_id = next(iter(cfg.pipes), None)
+    if pipe_id is None:
+        raise FustorError("--watch needs a pipe in the fusion config")
+    receiver = cfg.receivers[cfg.pipes[pipe_id].receiver]
+    key = next((k.key for k in receiver.api_keys if k.pipe_id == pipe_id), None)
+    if key is None:
+        raise FustorError(f"--watch needs an api key of pipe {pipe_id!r} on its receiver")
+    url = f"http://127.0.0.1:{receiver.port}"
+
+    async def run() -> None:
+        agent = Agent(quick_config(watch_dir.resolve(), url, key))
+        click.echo(f"  indexing {watch_dir} into view {cfg.pipes[pipe_id].views[0]!r}")
+        try:
+            await agent.start()
+            await asyncio.Event().wait()
+        finally:
+            await agent.stop()
+
+    return run
+
+
+WIRING = {"embedded_agent": embedded_agent}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fustor")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """fustor: a live, queryable, persistent index of file metadata.
 
     Run `fustor fusion --help` for the server, `fustor agent --help` for the
     agent that feeds it, `fustor inspect FILE.lmdb` to read a store offline.
     """
+    ctx.obj = WIRING
 
 
 @main.command()
@@ -144,7 +181,7 @@ main.add_command(agent)
 
 def fusion_main() -> None:
     """Entry point of the ``fustor-fusion`` alias."""
-    fusion(prog_name="fustor-fusion")
+    fusion(prog_name="fustor-fusion", obj=WIRING)
 
 
 def agent_main() -> None:

@@ -93,7 +93,7 @@ class ViewConfig:
             if not isinstance(node, dict) or node.get(part) is None:
                 return default
             node = node[part]
-        return _convert(kind, node, "views.<view>.driver_params." + ".".join(path))
+        return convert(kind, node, "views.<view>.driver_params." + ".".join(path))
 
     @property
     def hot_file_threshold(self) -> float:
@@ -157,7 +157,7 @@ _BOOLS = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}
 
 
-def _convert(kind: type, value: Any, where: str) -> Any:
+def convert(kind: type, value: Any, where: str) -> Any:
     """``value`` as ``kind``, accepting what YAML users write (``"8101"``, ``30.0``, ``yes``)."""
     if kind is str:
         if isinstance(value, str) and value:
@@ -180,8 +180,10 @@ def _convert(kind: type, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {what}, got {value!r}")
 
 
-class _Section:
-    """One mapping of one file: typed getters whose errors name the file and the key."""
+class Section:
+    """One mapping of one file: typed getters whose errors name the file and the key.
+    Public, with :func:`convert`, ``REQUIRED`` and :func:`unknown_ref`: the agent's config
+    loader parses its YAML with the same pieces."""
 
     def __init__(self, data: Any, path: str, file: str, ignored: list[str]) -> None:
         data = {} if data is None else data
@@ -201,10 +203,10 @@ class _Section:
             maximum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
         self.used.add(key)
         if self.data.get(key) is None:
-            if default is _REQUIRED:
+            if default is REQUIRED:
                 raise ConfigError(f"{self.where(key)}: required but missing; add it")
             return default
-        value = _convert(kind, self.data[key], self.where(key))
+        value = convert(kind, self.data[key], self.where(key))
         if minimum is not None and value < minimum:
             raise ConfigError(f"{self.where(key)}: must be at least {minimum}, got {value!r}")
         if maximum is not None and value > maximum:
@@ -221,27 +223,27 @@ class _Section:
             raise ConfigError(f"{self.where(key)}: expected a list (e.g. [a, b]), got {raw!r}")
         return raw or []
 
-    def child(self, key: str, data: Any = None) -> _Section:
+    def child(self, key: str, data: Any = None) -> Section:
         self.used.add(key)
         data = self.data.get(key) if data is None else data
-        return _Section(data, self.name(key), self.file, self.ignored)
+        return Section(data, self.name(key), self.file, self.ignored)
 
     def done(self) -> None:
         self.ignored.extend(f"{self.file}: {self.name(str(k))}" for k in self.data
                             if k not in self.used)
 
 
-_REQUIRED = object()
+REQUIRED = object()
 
 
-def _receiver(s: _Section) -> ReceiverConfig:
+def _receiver(s: Section) -> ReceiverConfig:
     keys = []
     for i, item in enumerate(s.items("api_keys")):
         if not isinstance(item, dict):
             raise ConfigError(f"{s.where(f'api_keys[{i}]')}: expected a mapping "
                               f"{{key: ..., pipe_id: ...}}, got {item!r}")
         entry = s.child(f"api_keys[{i}]", item)
-        keys.append(ApiKey(entry.get("key", str, _REQUIRED), entry.get("pipe_id", str, _REQUIRED)))
+        keys.append(ApiKey(entry.get("key", str, REQUIRED), entry.get("pipe_id", str, REQUIRED)))
         entry.done()
     return ReceiverConfig(driver=s.get("driver", str, "http", choices=RECEIVER_DRIVERS),
                           bind_host=s.get("bind_host", str, "0.0.0.0"),
@@ -249,8 +251,8 @@ def _receiver(s: _Section) -> ReceiverConfig:
                           disabled=s.get("disabled", bool, False))
 
 
-def _view(s: _Section) -> ViewConfig:
-    keys = [_convert(str, k, s.where(f"api_keys[{i}]"))
+def _view(s: Section) -> ViewConfig:
+    keys = [convert(str, k, s.where(f"api_keys[{i}]"))
             for i, k in enumerate(s.items("api_keys"))]
     params = s.child("driver_params")
     nested = {part: params.child(part) for path, *_ in _FS_PARAMS.values() for part in path[:-1]}
@@ -263,9 +265,9 @@ def _view(s: _Section) -> ViewConfig:
                       disabled=s.get("disabled", bool, False))
 
 
-def _pipe(s: _Section) -> PipeConfig:
-    views = [_convert(str, v, s.where(f"views[{i}]")) for i, v in enumerate(s.items("views"))]
-    return PipeConfig(receiver=s.get("receiver", str, _REQUIRED), views=views,
+def _pipe(s: Section) -> PipeConfig:
+    views = [convert(str, v, s.where(f"views[{i}]")) for i, v in enumerate(s.items("views"))]
+    return PipeConfig(receiver=s.get("receiver", str, REQUIRED), views=views,
                       allow_concurrent_push=s.get("allow_concurrent_push", bool, True),
                       session_timeout_seconds=s.get("session_timeout_seconds", int, 30, 1),
                       audit_interval_sec=s.get("audit_interval_sec", float, 600.0, 0),
@@ -278,7 +280,7 @@ _GLOBALS: dict[str, tuple[type, float | None, float | None]] = {
     "session_cleanup_interval": (float, 0.001, None), "max_body_bytes": (int, 1, None)}
 
 
-def _globals(s: _Section, out: dict[str, Any]) -> None:
+def _globals(s: Section, out: dict[str, Any]) -> None:
     """Parse the global keys present in one file into ``out`` (later files overwrite;
     ``admin_keys`` of all files add up)."""
     for key, (kind, minimum, maximum) in _GLOBALS.items():
@@ -288,8 +290,8 @@ def _globals(s: _Section, out: dict[str, Any]) -> None:
     out.setdefault("admin_keys", []).extend(_admin_keys(s))
     if s.data.get("tls") is not None:
         tls = s.child("tls")
-        out["tls_cert_file"] = tls.get("cert_file", str, _REQUIRED)
-        out["tls_key_file"] = tls.get("key_file", str, _REQUIRED)
+        out["tls_cert_file"] = tls.get("cert_file", str, REQUIRED)
+        out["tls_key_file"] = tls.get("key_file", str, REQUIRED)
         for key in ("tls_cert_file", "tls_key_file"):
             if not Path(out[key]).expanduser().is_file():
                 raise ConfigError(f"{tls.where(key[4:])}: no such file {out[key]!r}; give the "
@@ -300,20 +302,20 @@ def _globals(s: _Section, out: dict[str, Any]) -> None:
         s.used.add("tls")
 
 
-def _admin_keys(s: _Section) -> list[AdminKey]:
+def _admin_keys(s: Section) -> list[AdminKey]:
     """``admin_keys: [KEY, {key: KEY, name: NAME}, ...]``."""
     out = []
     for i, item in enumerate(s.items("admin_keys")):
         if isinstance(item, dict):
             entry = s.child(f"admin_keys[{i}]", item)
-            out.append(AdminKey(entry.get("key", str, _REQUIRED), entry.get("name", str, None)))
+            out.append(AdminKey(entry.get("key", str, REQUIRED), entry.get("name", str, None)))
             entry.done()
         else:
-            out.append(AdminKey(_convert(str, item, s.where(f"admin_keys[{i}]"))))
+            out.append(AdminKey(convert(str, item, s.where(f"admin_keys[{i}]"))))
     return out
 
 
-def parse_logging(s: _Section, out: dict[str, Any]) -> None:
+def parse_logging(s: Section, out: dict[str, Any]) -> None:
     """``logging: LEVEL`` or ``logging: {level, format, dir}`` of one file (fusion and agent)."""
     raw = s.data.get("logging")
     s.used.add("logging")
@@ -331,7 +333,7 @@ def parse_logging(s: _Section, out: dict[str, Any]) -> None:
         sub.done()
 
 
-_SECTIONS: dict[str, Callable[[_Section], Any]] = {
+_SECTIONS: dict[str, Callable[[Section], Any]] = {
     "receivers": _receiver, "views": _view, "pipes": _pipe}
 
 
@@ -374,7 +376,7 @@ def load_fusion_config(target: Path | None = None) -> FusionConfig:
     for path in _config_files(target):
         file = str(path)
         cfg.files.append(file)
-        top = _Section(_read_yaml(path), "", file, cfg.ignored)
+        top = Section(_read_yaml(path), "", file, cfg.ignored)
         merge_sections(cfg, top, _SECTIONS, origin)
         _globals(top, found)
         top.done()
@@ -384,7 +386,7 @@ def load_fusion_config(target: Path | None = None) -> FusionConfig:
     return cfg
 
 
-def merge_sections(cfg, top: _Section, sections: dict, origin: dict[str, str]) -> None:
+def merge_sections(cfg, top: Section, sections: dict, origin: dict[str, str]) -> None:
     """Parse each ``<section>.<id>`` of one file into ``cfg.<section>``; a later file's id
     replaces an earlier one (with a warning). Shared by the fusion and agent loaders."""
     for section, parse in sections.items():
@@ -410,7 +412,7 @@ def warn(cfg, message: str) -> None:
     log.warning("config: %s", message)
 
 
-def _unknown_ref(at: str, value: str, what: str, known: dict[str, Any], fix: str) -> ConfigError:
+def unknown_ref(at: str, value: str, what: str, known: dict[str, Any], fix: str) -> ConfigError:
     return ConfigError(f"{at}: {value!r} is not a configured {what} "
                        f"(known: {', '.join(known) or 'none'}); {fix}")
 
@@ -429,11 +431,11 @@ def _check(cfg: FusionConfig, origin: dict[str, str]) -> None:
     for pid, pipe in cfg.pipes.items():
         at = f"{origin[f'pipes.{pid}']}: pipes.{pid}"
         if pipe.receiver not in cfg.receivers:
-            raise _unknown_ref(f"{at}.receiver", pipe.receiver, "receiver", cfg.receivers,
+            raise unknown_ref(f"{at}.receiver", pipe.receiver, "receiver", cfg.receivers,
                                "fix the name or add it under receivers:")
         for i, vid in enumerate(pipe.views):
             if vid not in cfg.views:
-                raise _unknown_ref(f"{at}.views[{i}]", vid, "view", cfg.views,
+                raise unknown_ref(f"{at}.views[{i}]", vid, "view", cfg.views,
                                    "fix the name or add it under views:")
         if not pipe.views:
             warn(cfg, f"{at}.views: no views listed, so this pipe will not start")
@@ -461,7 +463,7 @@ def _check(cfg: FusionConfig, origin: dict[str, str]) -> None:
         for i, k in enumerate(rec.api_keys):
             at = f"{origin[f'receivers.{rid}']}: receivers.{rid}.api_keys[{i}].pipe_id"
             if k.pipe_id not in cfg.pipes:
-                raise _unknown_ref(at, k.pipe_id, "pipe", cfg.pipes,
+                raise unknown_ref(at, k.pipe_id, "pipe", cfg.pipes,
                                    "fix the name or remove the key")
             if cfg.pipes[k.pipe_id].receiver != rid:
                 warn(cfg, f"{at}: pipe {k.pipe_id!r} uses receiver "
@@ -492,7 +494,7 @@ def load_keys(path: Path) -> dict[str, str]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping {{ingest: ..., query: ..., admin: ...}}; "
                           "delete the file to generate new keys")
-    return {name: _convert(str, data[name], f"{path}: {name}")
+    return {name: convert(str, data[name], f"{path}: {name}")
             for name in ZERO_CONFIG_KEYS if data.get(name) is not None}
 
 

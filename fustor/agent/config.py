@@ -28,18 +28,18 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from fustor.config import _REQUIRED as REQUIRED
 from fustor.config import (
     ID_MAX_LEN,
     ID_RE,
-    _convert,
-    _Section,
+    REQUIRED,
+    Section,
+    convert,
     fustor_home,
     merge_sections,
     parse_logging,
+    unknown_ref,
     warn,
 )
-from fustor.config import _unknown_ref as unknown_ref
 from fustor.errors import ConfigError
 
 log = logging.getLogger("fustor.agent.config")
@@ -88,7 +88,7 @@ class SourceConfig:
         kind, default, _ = _FS_PARAMS[name]
         value = self.driver_params.get(name)
         where = f"sources.<source>.driver_params.{name}"
-        return default if value is None else _convert(kind, value, where)
+        return default if value is None else convert(kind, value, where)
 
     @property
     def file_pattern(self) -> str:
@@ -138,7 +138,7 @@ class SenderConfig:
         ``timeout_sec``."""
         value = self.driver_params.get("timeout")
         where = "senders.<sender>.driver_params.timeout"
-        return self.timeout_sec if value is None else _convert(float, value, where)
+        return self.timeout_sec if value is None else convert(float, value, where)
 
 
 @dataclass
@@ -191,7 +191,7 @@ class AgentConfig:
                 if Path(self.origin.get(f"pipes.{pid}", COMMAND_LINE)).resolve() == want]
 
 
-def _fs_root(s: _Section) -> str:
+def _fs_root(s: Section) -> str:
     raw = s.get("uri", str, REQUIRED)
     path = unquote(raw[7:]) if raw.lower().startswith("file://") else raw  # file:///x -> /x
     if not os.path.isabs(path):
@@ -200,7 +200,7 @@ def _fs_root(s: _Section) -> str:
     return os.path.normpath(path)
 
 
-def _source(s: _Section) -> SourceConfig:
+def _source(s: Section) -> SourceConfig:
     driver = s.get("driver", str, REQUIRED, choices=SOURCE_DRIVERS)
     uri = _fs_root(s)
     params = s.child("driver_params")
@@ -214,7 +214,7 @@ def _source(s: _Section) -> SourceConfig:
                         driver_params=dict(params.data))
 
 
-def _sender(s: _Section) -> SenderConfig:
+def _sender(s: Section) -> SenderConfig:
     driver = s.get("driver", str, REQUIRED, choices=SENDER_DRIVERS)
     uri = s.get("uri", str, REQUIRED).strip()
     parts = urlsplit(uri)
@@ -232,7 +232,7 @@ def _sender(s: _Section) -> SenderConfig:
                         ca_file=_ca_file(s))
 
 
-def _credential(s: _Section) -> dict | None:
+def _credential(s: Section) -> dict | None:
     cred = s.data.get("credential")
     if isinstance(cred, str):  # a bare key
         s.used.add("credential")
@@ -252,7 +252,7 @@ def _credential(s: _Section) -> dict | None:
     return dict(cred)
 
 
-def _ca_file(s: _Section) -> str | None:
+def _ca_file(s: Section) -> str | None:
     raw = s.get("ca_file", str, None)
     if raw is None:
         return None
@@ -266,7 +266,7 @@ def _ca_file(s: _Section) -> str | None:
     return str(path)
 
 
-def _pipe(s: _Section) -> PipeConfig:
+def _pipe(s: Section) -> PipeConfig:
     # fields_mapping (a row projection of the original) is not applied: fusion's fs views
     # need the fs row as it is, so the key is left unread and listed as ignored
     return PipeConfig(
@@ -287,7 +287,7 @@ _GLOBALS: dict[str, tuple[type, float | None]] = {
     "fs_scan_workers": (int, 1), "agent_id": (str, None), "status_interval_sec": (float, 0.001)}
 
 
-def _globals(s: _Section, out: dict[str, Any]) -> None:
+def _globals(s: Section, out: dict[str, Any]) -> None:
     """The global keys one file sets, into ``out`` (a later file overwrites)."""
     for key, (kind, minimum) in _GLOBALS.items():
         if s.data.get(key) is not None:
@@ -342,7 +342,7 @@ def _config_files(target: Path | None) -> list[Path]:
 
 
 def _merge(cfg: AgentConfig, file: str, data: Any, found: dict[str, Any]) -> None:
-    top = _Section(data, "", file, cfg.ignored)
+    top = Section(data, "", file, cfg.ignored)
     merge_sections(cfg, top, _SECTIONS, cfg.origin)
     _globals(top, found)
     top.done()

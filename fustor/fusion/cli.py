@@ -140,9 +140,9 @@ def reload(timeout: float) -> None:
         return
     if out.get("status") != "reloaded":
         raise FustorError(f"reload refused, the running config is kept: {out.get('detail')}")
-    from fustor.fusion.control import _diff_text
+    from fustor.fusion.control import diff_text
 
-    click.echo(f"Reloaded (PID {pid}): {_diff_text(out.get('diff') or {})}")
+    click.echo(f"Reloaded (PID {pid}): {diff_text(out.get('diff') or {})}")
 
 
 @fusion.command()
@@ -242,40 +242,13 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
         _print_keys(cfg, port)
 
     loader = load if config_path else None
-    companion = _embedded_agent(cfg, port, watch_dir) if watch_dir else None
+    companion = None
+    if watch_dir:
+        embed = (click.get_current_context().find_root().obj or {}).get("embedded_agent")
+        if embed is None:
+            raise FustorError("--watch needs the agent, which the `fustor` command wires in")
+        companion = embed(cfg, watch_dir)
     use_pid = os.environ.get("FUSTOR_PID_FILE", "1") == "1"
     asyncio.run(run(f, host, port, on_ready=ready, load_config=loader, companion=companion,
                     pid_file=fustor_home() / "fusion.pid" if use_pid else None,
                     reload_result=fustor_home() / RELOAD_RESULT if use_pid else None))
-
-
-def _embedded_agent(cfg, port: int, watch_dir: Path):
-    """An agent in this process that pushes DIR to the first pipe over loopback HTTP."""
-    from fustor.agent.config import quick_config
-    from fustor.agent.daemon import Agent
-
-    if cfg.tls:  # its certificate is for the site's name, not for the loopback address
-        raise FustorError("--watch pushes over loopback HTTP, but this fusion serves TLS; run "
-                          "the agent on its own: fustor agent start --watch DIR --fusion "
-                          "https://HOST:PORT --ca-file CA.pem")
-    pipe_id = next(iter(cfg.pipes), None)
-    if pipe_id is None:
-        raise FustorError("--watch needs a pipe in the fusion config")
-    receiver = cfg.receivers[cfg.pipes[pipe_id].receiver]
-    key = next((k.key for k in receiver.api_keys if k.pipe_id == pipe_id), None)
-    if key is None:
-        raise FustorError(f"--watch needs an api key of pipe {pipe_id!r} on its receiver")
-    url = f"http://127.0.0.1:{receiver.port}"
-
-    async def run() -> None:
-        agent = Agent(quick_config(watch_dir.resolve(), url, key))
-        click.echo(f"  indexing {watch_dir} into view {cfg.pipes[pipe_id].views[0]!r}")
-        try:
-            await agent.start()
-            import asyncio as _a
-
-            await _a.Event().wait()
-        finally:
-            await agent.stop()
-
-    return run

@@ -290,7 +290,7 @@ class ControlPlane:
                                          "(no config files), so there is nothing to re-read")
             return self.f.reloader()
 
-        diff = self._logged(who, "reload", None, run, lambda d: _diff_text(d))
+        diff = self._logged(who, "reload", None, run, lambda d: diff_text(d))
         return {"status": "reloaded", "diff": diff}
 
     def reset(self, who: Principal, view_id: str, fn):
@@ -327,7 +327,7 @@ def _safe_url(url: str | None) -> str | None:
     return url
 
 
-def _diff_text(diff: dict) -> str:
+def diff_text(diff: dict) -> str:
     parts = [f"{k}: {', '.join(map(str, v))}" for k, v in diff.items() if v]
     return "; ".join(parts) or "no change"
 
