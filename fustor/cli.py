@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from fustor.agent.cli import agent
+from fustor.cli_backup import backup, restore
+from fustor.cli_index import COMMANDS as INDEX_COMMANDS
 from fustor.cli_util import friendly
 from fustor.errors import FustorError
 from fustor.fusion.cli import fusion
@@ -75,29 +77,16 @@ def main(ctx: click.Context) -> None:
 def inspect(store: Path, node_path: str | None, limit: int, verify: bool, as_json: bool) -> None:
     """Read a store file offline: format, tree id, counts, size on disk, stats of /.
 
-    Opens STORE read-only, so it is safe while a server writes to it, and works
-    on a plain copy of the file.
+    Opens STORE read-only, so it is safe while a server writes to it. It works on a
+    backup (`fustor backup`) and on a plain copy of a stopped server's file; a copy
+    taken while the server wrote is reported as torn.
     """
-    from fustor.store import inspect as ins
+    from fustor.store.inspect import report_isolated
 
-    st = ins.open_readonly(store)
-    try:
-        out = ins.summary(st)
-        if node_path is not None:
-            shown = ins.show_path(st, node_path, limit)
-            if shown is None:
-                raise FustorError(f"path {node_path!r} is not in {store}")
-            out["node"] = shown
-        if verify:
-            progress = None
-            if sys.stderr.isatty() and not as_json:
-                def progress(n: int) -> None:
-                    click.echo(f"  verified {n:,} nodes...", err=True)
-            problems = ins.verify(st, progress)
-            out["verify"] = {"ok": not problems, "problems": problems[:1000],
-                             "problem_count": len(problems)}
-    finally:
-        st.close()
+    out = report_isolated(store, node_path=node_path, limit=limit, check=verify,
+                          progress=verify and sys.stderr.isatty() and not as_json)
+    if node_path is not None and out["node"] is None:
+        raise FustorError(f"path {node_path!r} is not in {store}")
     if as_json:
         _echo_json(out)
     else:
@@ -177,6 +166,10 @@ def migrate(directory: Path) -> None:
 
 main.add_command(fusion)
 main.add_command(agent)
+main.add_command(backup)
+main.add_command(restore)
+for _command in INDEX_COMMANDS:  # find, du, ls, stat, compare
+    main.add_command(_command)
 
 
 def fusion_main() -> None:

@@ -48,3 +48,8 @@ def test_readme_commands_name_real_commands():
     names = {n for n, _ in walk(main, "fustor")}
     for n in ("fustor fusion serve", "fustor agent start", "fustor inspect", "fustor migrate"):
         assert n in names
+
+
+def test_the_web_page_and_its_routes_are_in_the_readme():
+    for phrase in ("/ui", "GET /api/v1/me", "/docs"):
+        assert phrase in README

@@ -28,14 +28,39 @@ def _home() -> Path:
 
 
 def _load(configs: tuple[str, ...]):
-    from fustor.agent.config import load_agent_config
+    """The config of ``start TARGETS`` (fustor/targets.py) and a loader for reloads."""
+    from fustor.agent.config import CONFIG_DIR, CONFIG_FILE, load_agent_config
+    from fustor.targets import load_targets, parse_targets
 
-    if not configs:
-        return load_agent_config(None), (lambda: load_agent_config(None))
-    if len(configs) > 1:
-        raise ConfigError("give one config file or directory (or none for $FUSTOR_HOME/agent-config/)")
-    target = Path(configs[0])
-    return load_agent_config(target), (lambda: load_agent_config(target))
+    home = _home()
+    targets = parse_targets(configs, home / CONFIG_DIR)
+
+    def load():
+        return load_targets(targets, load_agent_config, home / CONFIG_DIR,
+                            home_file=home / CONFIG_FILE)
+
+    return load(), load
+
+
+def _nothing_runs(cfg, configs) -> str | None:
+    from fustor.agent.config import CONFIG_DIR, CONFIG_FILE, enabled_pipes
+    from fustor.targets import nothing_runs
+
+    home = _home()
+    where = " ".join(configs) or f"{home / CONFIG_FILE} or {home / CONFIG_DIR}/"
+    return nothing_runs(cfg, enabled_pipes(cfg), "agent", where, home)
+
+
+def _legacy_notes() -> list[str]:
+    from fustor.targets import legacy_notes
+
+    return legacy_notes(_home(), "agent")
+
+
+def _legacy_warnings() -> None:
+    for note in _legacy_notes():
+        click.echo(f"warning: {note}", err=True)
+        logging.getLogger("fustor.agent").warning("%s", note)
 
 
 def status_line(st: dict) -> str:
@@ -71,7 +96,7 @@ def _read_key_file(path: Path) -> str:
 
 
 @agent.command()
-@click.argument("configs", nargs=-1)
+@click.argument("configs", nargs=-1, metavar="[TARGETS]...")
 @click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Zero-config: watch this directory (needs --fusion and --key).")
 @click.option("--fusion", "fusion_url", default=None,
@@ -95,8 +120,10 @@ def _read_key_file(path: Path) -> str:
 @friendly
 def start(configs, watch_dir, fusion_url, key, key_file, ca_file, console_host, console_port,
           no_console, daemon, verbose) -> None:
-    """Start the agent with the pipes of CONFIGS (a YAML file or directory; default
-    $FUSTOR_HOME/agent-config/), or with --watch DIR --fusion URL --key KEY and no YAML."""
+    """Start the agent with the pipes of TARGETS, or with --watch DIR --fusion URL --key-file F
+    and no YAML. TARGETS are config files or directories and pipe ids (`start my-pipes.yaml`
+    runs the pipes that file defines; `start research` runs pipe research); none: every
+    enabled pipe of $FUSTOR_HOME/agent-config.yaml and $FUSTOR_HOME/agent-config/."""
     from fustor.agent.config import KEY_ENV, console_options, quick_config
     from fustor.agent.daemon import Agent
     from fustor.pidfile import running_pid, start_daemon
@@ -130,10 +157,11 @@ def start(configs, watch_dir, fusion_url, key, key_file, ca_file, console_host, 
         loader = lambda: console(load())  # noqa: E731 - a reload keeps the command-line options
     from fustor.agent.config import enabled_pipes
 
-    if not enabled_pipes(cfg):
-        raise ConfigError(
-            f"no enabled pipes in {configs[0] if configs else home / 'agent-config'}; "
-            "write one (see `fustor agent example`) or use --watch DIR --fusion URL --key KEY")
+    if watch_dir is None:
+        _legacy_warnings()
+        why = _nothing_runs(cfg, configs)
+        if why:
+            raise ConfigError(why)
     running = running_pid(pid_file)
     if daemon:
         if running:
@@ -203,10 +231,12 @@ def reload() -> None:
 
 
 @agent.command()
+@click.argument("pipe", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @friendly
-def status(as_json: bool) -> None:
-    """Whether the agent runs and, per pipe: state, role, phase, rows pushed, last error, lag."""
+def status(pipe: str | None, as_json: bool) -> None:
+    """Whether the agent runs and, per pipe (or only PIPE): state, role, phase, rows pushed,
+    last error, lag. PIPE not running: its source, sender and ENABLED/DISABLED from config."""
     from fustor.pidfile import running_pid
 
     home = _home()
@@ -218,6 +248,10 @@ def status(as_json: bool) -> None:
             st = orjson.loads(f.read_bytes())
         except orjson.JSONDecodeError:
             st = {}
+    if pipe is not None:
+        st["pipes"] = {k: v for k, v in (st.get("pipes") or {}).items() if k == pipe}
+        if not st["pipes"]:
+            return _pipe_from_config(pipe, bool(pid), as_json)
     if as_json:
         click.echo(orjson.dumps({"running": bool(pid), "pid": pid, **st}, option=orjson.OPT_INDENT_2).decode())
         return
@@ -231,23 +265,45 @@ def status(as_json: bool) -> None:
             click.echo("  " + status_line({"pipes": {pid_: p}}))
 
 
+def _pipe_from_config(pipe: str, running: bool, as_json: bool) -> None:
+    from fustor.agent.config import enabled_pipes
+
+    cfg, _ = _load(())
+    pc = cfg.pipes.get(pipe)
+    if pc is None:
+        raise ConfigError(f"{pipe}: not a configured pipe (known: {', '.join(cfg.pipes) or 'none'})")
+    enabled = pipe in enabled_pipes(cfg)
+    if as_json:
+        click.echo(orjson.dumps({"running": running, "pipe": pipe, "source": pc.source,
+                                 "sender": pc.sender, "enabled": enabled}).decode())
+        return
+    click.echo(f"{pipe}: {'not running' if running else 'STOPPED'}; source {pc.source}, "
+               f"sender {pc.sender}, {'ENABLED' if enabled else 'DISABLED'} (config)")
+
+
 @agent.command()
-@click.argument("configs", nargs=-1)
+@click.argument("configs", nargs=-1, metavar="[TARGETS]...")
 @friendly
 def validate(configs) -> None:
-    """Check the agent config; exit 1 with the file and key of the first error."""
+    """Check the agent config (TARGETS as for start); exit 1 with the file and key of the
+    first error, or when the config runs no pipe."""
     from fustor.agent.config import enabled_pipes
 
     cfg, _ = _load(configs)
+    for note in _legacy_notes():
+        click.echo(f"warning: {note}")
     for w in getattr(cfg, "warnings", []):
         click.echo(f"warning: {w}")
     for item in cfg.ignored:
         click.echo(f"ignored (accepted, not used by this agent): {item}")
-    click.echo(f"ok: {len(enabled_pipes(cfg))} enabled pipe(s)")
+    why = _nothing_runs(cfg, configs)
+    if why:
+        raise ConfigError(why)
+    click.echo(f"ok: {len(enabled_pipes(cfg))} enabled pipe(s) from {', '.join(cfg.files)}")
 
 
 @agent.command(name="list")
-@click.argument("configs", nargs=-1)
+@click.argument("configs", nargs=-1, metavar="[TARGETS]...")
 @friendly
 def list_pipes(configs) -> None:
     """Pipes of the config: id, enabled, source, sender."""

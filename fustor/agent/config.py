@@ -1,9 +1,13 @@
 """Agent configuration: which trees to watch and which fusion to send them to.
 
-:func:`load_agent_config` reads every ``*.yaml`` *and* ``*.yml`` file of
+:func:`load_agent_config` reads ``FUSTOR_HOME/agent-config.yaml`` (the one file the seed
+documents describe) and then every ``*.yaml`` *and* ``*.yml`` file of
 ``FUSTOR_HOME/agent-config/`` (the original read only ``*.yaml``, silently skipping ``.yml``;
 dot-files are skipped; a missing directory is an empty config), or a given directory, or one
-file. Files are merged in file-name order into one namespace: ``sources``, ``senders`` and
+file. Sections come as mappings by id or as the seed's lists (``sources: [{id, type,
+config: {uri, driver_params}}]``, ``senders: [{id, type, config: {endpoint, credential}}]``,
+``pipes: [{id, source_id, sender_id, enabled}]``); the seed's names are synonyms
+(:data:`SYNONYMS`). Files are merged in file-name order into one namespace: ``sources``, ``senders`` and
 ``pipes`` by id (a later id replaces an earlier one, with a warning; references may cross
 files); ``logging``, ``fs_scan_workers``, ``agent_id``, ``status_interval_sec`` and
 ``console`` come from the last file setting them. Anything broken raises ConfigError
@@ -45,6 +49,11 @@ from fustor.errors import ConfigError
 log = logging.getLogger("fustor.agent.config")
 
 CONFIG_DIR = "agent-config"
+CONFIG_FILE = "agent-config.yaml"  # the single file of the seed documents, read first
+# names the seed documents use -> our key, per section (``enabled: false`` = ``disabled: true``)
+SYNONYMS: dict[str, dict[str, str]] = {
+    "sources": {"type": "driver"}, "senders": {"type": "driver", "endpoint": "uri"},
+    "pipes": {"source_id": "source", "sender_id": "sender"}}
 AGENT_ID_FILE = "agent.id"
 SOURCE_DRIVERS = ("fs",)
 SENDER_DRIVERS = ("fusion", "http")  # the same HTTP sender; 0.8.17 configs say "fusion"
@@ -191,6 +200,16 @@ class AgentConfig:
                 if Path(self.origin.get(f"pipes.{pid}", COMMAND_LINE)).resolve() == want]
 
 
+def _seed_names(s: Section, section: str) -> None:
+    for other, key in SYNONYMS[section].items():
+        s.synonym(key, other)
+
+
+def _disabled(s: Section) -> bool:
+    """``disabled: true`` or the seed's ``enabled: false``."""
+    return s.get("disabled", bool, False) or not s.get("enabled", bool, True)
+
+
 def _fs_root(s: Section) -> str:
     raw = s.get("uri", str, REQUIRED)
     path = unquote(raw[7:]) if raw.lower().startswith("file://") else raw  # file:///x -> /x
@@ -201,6 +220,7 @@ def _fs_root(s: Section) -> str:
 
 
 def _source(s: Section) -> SourceConfig:
+    _seed_names(s, "sources")
     driver = s.get("driver", str, REQUIRED, choices=SOURCE_DRIVERS)
     uri = _fs_root(s)
     params = s.child("driver_params")
@@ -210,11 +230,12 @@ def _source(s: Section) -> SourceConfig:
     # "credential" is left unmarked, so it is listed as ignored
     return SourceConfig(driver=driver, uri=uri, credential=s.data.get("credential"),
                         max_queue_size=s.get("max_queue_size", int, 1000, 1),
-                        disabled=s.get("disabled", bool, False),
+                        disabled=_disabled(s),
                         driver_params=dict(params.data))
 
 
 def _sender(s: Section) -> SenderConfig:
+    _seed_names(s, "senders")
     driver = s.get("driver", str, REQUIRED, choices=SENDER_DRIVERS)
     uri = s.get("uri", str, REQUIRED).strip()
     parts = urlsplit(uri)
@@ -228,7 +249,7 @@ def _sender(s: Section) -> SenderConfig:
     return SenderConfig(driver=driver, uri=uri.rstrip("/"), credential=cred,
                         batch_size=s.get("batch_size", int, 1000, 1),
                         timeout_sec=s.get("timeout_sec", float, 30.0, 0.001),
-                        disabled=s.get("disabled", bool, False), driver_params=dict(params.data),
+                        disabled=_disabled(s), driver_params=dict(params.data),
                         ca_file=_ca_file(s))
 
 
@@ -269,6 +290,7 @@ def _ca_file(s: Section) -> str | None:
 def _pipe(s: Section) -> PipeConfig:
     # fields_mapping (a row projection of the original) is not applied: fusion's fs views
     # need the fs row as it is, so the key is left unread and listed as ignored
+    _seed_names(s, "pipes")
     return PipeConfig(
         source=s.get("source", str, REQUIRED), sender=s.get("sender", str, REQUIRED),
         audit_interval_sec=s.get("audit_interval_sec", float, 600.0, 0),
@@ -279,7 +301,7 @@ def _pipe(s: Section) -> PipeConfig:
         max_backoff_seconds=s.get("max_backoff_seconds", float, 60.0, 0),
         max_consecutive_errors=s.get("max_consecutive_errors", int, 5, 1),
         full_audit_every=s.get("full_audit_every", int, 6, 0),
-        disabled=s.get("disabled", bool, False))
+        disabled=_disabled(s))
 
 
 _SECTIONS = {"sources": _source, "senders": _sender, "pipes": _pipe}
@@ -327,9 +349,14 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
 
 
-def _config_files(target: Path | None) -> list[Path]:
+def _config_files(target: Path | list[Path] | None) -> list[Path]:
+    if isinstance(target, list):  # several files or directories, merged in the order given
+        return [p for t in target for p in _config_files(Path(t))]
     home_dir = fustor_home() / CONFIG_DIR
-    target = home_dir if target is None else Path(target).expanduser()
+    if target is None:
+        single = [p for p in (fustor_home() / CONFIG_FILE,) if p.is_file()]
+        return single + _config_files(home_dir) if home_dir.is_dir() else single
+    target = Path(target).expanduser()
     if target.is_dir():
         return sorted((p for p in target.iterdir() if p.suffix in (".yaml", ".yml")
                        and not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
@@ -362,11 +389,13 @@ def _build(documents: list[tuple[str, Any]]) -> AgentConfig:
     return cfg
 
 
-def load_agent_config(target: Path | None = None) -> AgentConfig:
+def load_agent_config(target: Path | list[Path] | None = None) -> AgentConfig:
     """Read, merge and check the agent config; raise ConfigError on anything broken.
 
-    ``target`` None means ``fustor_home()/agent-config/`` (missing: empty config); a
-    directory means its ``*.yaml`` and ``*.yml`` files in file-name order; a file, that file.
+    ``target`` None means ``fustor_home()/agent-config.yaml`` then
+    ``fustor_home()/agent-config/`` (both missing: empty config); a directory means its
+    ``*.yaml`` and ``*.yml`` files in file-name order; a file, that file; a list, each of
+    those in the order given.
     """
     return _build([(str(p), _read_yaml(p)) for p in _config_files(target)])
 

@@ -4,6 +4,7 @@
                  refreshing itself every few seconds; every value HTML-escaped; a strict
                  Content-Security-Policy that allows only its one inline style (by hash)
     GET /status  the agent's status as JSON: what `fustor agent status --json` shows
+    GET /metrics the same figures in the Prometheus text format (fustor/agent/metrics.py)
 
 It runs in the agent's event loop (uvicorn, signal handling left to the agent) and only
 reads the status, so nothing here can touch a pipe. A port in use is a warning and the
@@ -124,8 +125,10 @@ def _host_allowed(request: Request, loopback_only: bool) -> bool:
     return name.lower() in LOOPBACK_NAMES
 
 
-def create_console_app(status: Callable[[], dict], *, loopback_only: bool = True) -> Starlette:
-    """The console's two routes over ``status`` (the agent's :meth:`Agent.status`)."""
+def create_console_app(status: Callable[[], dict], *, loopback_only: bool = True,
+                       metrics: Callable[[], bytes] | None = None) -> Starlette:
+    """The console's routes over ``status`` (the agent's :meth:`Agent.status`) and
+    ``metrics`` (the exposition text of :class:`~fustor.agent.metrics.AgentMetrics`)."""
 
     def guarded(make: Callable[[], Response]):
         async def endpoint(request: Request) -> Response:
@@ -143,8 +146,13 @@ def create_console_app(status: Callable[[], dict], *, loopback_only: bool = True
         return Response(orjson.dumps({"running": True, **status()}, default=str),
                         media_type="application/json", headers=HEADERS)
 
+    def metrics_text() -> Response:
+        return Response(metrics() if metrics else b"", headers=HEADERS,
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
     return Starlette(routes=[Route("/", guarded(page), methods=["GET"]),
-                             Route("/status", guarded(status_json), methods=["GET"])])
+                             Route("/status", guarded(status_json), methods=["GET"]),
+                             Route("/metrics", guarded(metrics_text), methods=["GET"])])
 
 
 class _Server(uvicorn.Server):
@@ -166,9 +174,10 @@ def is_loopback(host: str) -> bool:
 class Console:
     """The console's listener in the running event loop: :meth:`start`, :meth:`stop`."""
 
-    def __init__(self, status: Callable[[], dict], host: str = "127.0.0.1", port: int = 8100) -> None:
+    def __init__(self, status: Callable[[], dict], host: str = "127.0.0.1", port: int = 8100,
+                 metrics: Callable[[], bytes] | None = None) -> None:
         self.host, self.port = host, port
-        self._app = create_console_app(status, loopback_only=is_loopback(host))
+        self._app = create_console_app(status, loopback_only=is_loopback(host), metrics=metrics)
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
 

@@ -28,6 +28,7 @@ import orjson
 from fustor.agent.commands import CommandFailed, Commands, describe_diff
 from fustor.agent.config import AgentConfig, config_diff, enabled_pipes, resolve_agent_id
 from fustor.agent.console import Console
+from fustor.agent.metrics import AgentMetrics
 from fustor.agent.pipe import AgentPipe, PipeSettings
 from fustor.agent.sender_http import FusionClient
 from fustor.agent.source_fs import FsSource
@@ -81,6 +82,7 @@ class Agent:
         self.host = socket.gethostname()
         self.commands = Commands(reload=self.apply_reload, status=self.status)
         self.console: Console | None = None
+        self.metrics = AgentMetrics(self.status)
         self._console_wanted = False  # run() serves it; an embedded agent (fusion --watch) not
         self._reloading = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -96,6 +98,7 @@ class Agent:
     async def _start_pipe(self, pid: str) -> None:
         try:
             pipe = build_pipe(self.cfg, pid, self.agent_id, self._transport, self.commands)
+            pipe.client.observe_push = self.metrics.push_seconds.labels(pid).observe
             await pipe.start()
             self.pipes[pid] = pipe
             log.info("pipe %s started (%s)", pid, pipe.task_id)
@@ -116,7 +119,7 @@ class Agent:
             log.info("agent console off")
             return
         # ours from the first moment: it may answer (and a reload move it) before start returns
-        self.console = console = Console(self.status, c.host, c.port)
+        self.console = console = Console(self.status, c.host, c.port, metrics=self.metrics.text)
         if not await console.start() and self.console is console:
             self.console = None
 

@@ -51,6 +51,24 @@ log = logging.getLogger("fustor.agent")
 PERMANENT = (400, 413, 422)  # fusion will refuse the same batch again: split it
 
 
+def realtime_events(drained: list[dict]) -> list[dict]:
+    """Wire events for drained realtime events: consecutive ones of the same type whose
+    rows have the same fields travel as one event (the walk of a moved directory is
+    thousands of rows; one event each would cost fusion a rule setup per row)."""
+    out: list[dict] = []
+    keys = None
+    for e in drained:
+        rows = e["rows"]
+        k = (e["event_type"], tuple(rows[0]) if rows else ())
+        if out and k == keys:
+            out[-1]["rows"].extend(rows)
+            out[-1]["index"] = e.get("seq", -1)
+            continue
+        out.append(make_event(list(rows), "realtime", e["event_type"], e.get("seq", -1)))
+        keys = k
+    return out
+
+
 @dataclass
 class PipeSettings:
     batch_size: int = 1000
@@ -123,7 +141,7 @@ class AgentPipe:
         self.session_id: str | None = None
         self.role: str | None = None
         self.state = "stopped"
-        self.phase = "idle"
+        self._phase = "idle"
         self.last_error: str | None = None
         self.errors = 0
         self.events_pushed = 0
@@ -140,7 +158,9 @@ class AgentPipe:
         self._heartbeat_interval = 3.0
         self._audit_cache: dict[str, float] = {}
         self._audits = 0
-        self._repair = False  # realtime events were lost: the next leader duty is a full audit
+        self._repair = False  # realtime events were lost: the next leader duty is a repair
+        self._arming: asyncio.Task | None = None  # a walk arming watches (no snapshot to do it)
+        self._coverage: tuple | None = None  # the watch figures fusion last heard of
         self._pending_rt: list[dict] = []
         # realtime events drained by a worker thread wait here until pushed: a session that
         # ends while the thread drains must not take them with it
@@ -156,6 +176,18 @@ class AgentPipe:
         self._role_changed = asyncio.Event()
         self._lost: asyncio.Future | None = None  # set by a task that saw the session die
         self._stopping: asyncio.Future | None = None
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        """A new phase reaches fusion with the next heartbeat, sent now (not in up to
+        timeout/3 s): dashboards show what the agent does, not what it did."""
+        if value != self._phase:
+            self._phase = value
+            self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -173,7 +205,7 @@ class AgentPipe:
 
     async def _stop(self) -> None:
         self.state = "stopping"
-        tasks = [t for t in (self._main, self._leader, *self._jobs) if t is not None]
+        tasks = [t for t in (self._main, self._leader, self._arming, *self._jobs) if t is not None]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -278,9 +310,20 @@ class AgentPipe:
             self._audit_cache.clear()  # the first audit of a leadership is a full one
             if self._leader is None or self._leader.done():
                 self._leader = asyncio.create_task(self._leader_duties())
-        elif self._leader is not None:
+            return
+        if self._leader is not None:
             self._leader.cancel()
             self._leader = None
+        self._arm()  # a follower pushes realtime too: its watches must cover the tree
+
+    def _arm(self) -> None:
+        """Arm every watch by a walk of directories, unless a walk of the whole tree
+        already did (a snapshot arms as it goes, so a leader never needs this)."""
+        arm = getattr(self.source, "arm", None)
+        if arm is None or getattr(self.source, "fully_armed", True):
+            return
+        if self._arming is None or self._arming.done():
+            self._arming = asyncio.create_task(asyncio.to_thread(arm))
 
     def _session_lost(self, exc: SessionObsoleteError) -> None:
         """A leader duty or a job saw a 419: end the session now, not at the next heartbeat."""
@@ -433,24 +476,40 @@ class AgentPipe:
         return out
 
     async def _realtime(self) -> None:
+        drain: asyncio.Future | None = None  # the next drain, running while a push is in flight
         while True:
+            self._watch_health()
             if not self._pending_rt:
                 if not self._staged:
-                    await asyncio.to_thread(self._drain_to_stage)
+                    if drain is None:
+                        drain = asyncio.ensure_future(asyncio.to_thread(self._drain_to_stage))
+                    await drain
+                    drain = None
                 self._pending_rt = self._take_staged()
             if not self._pending_rt:
                 continue
-            events = [make_event(e["rows"], "realtime", e["event_type"], e.get("seq", -1))
-                      for e in self._pending_rt]
-            await self._push(events, "realtime")
+            if drain is None and not self._staged:
+                # the walk of a moved tree and fusion's commit overlap; the drained events
+                # wait in the stage, behind the ones being pushed
+                drain = asyncio.ensure_future(asyncio.to_thread(self._drain_to_stage))
+            await self._push(realtime_events(self._pending_rt), "realtime")
             self._pending_rt = []
             self.last_realtime_push = time.time()
-            if self.source.status.get("overflowed") and self.role == "leader":
-                # events were lost: only an audit can find what was deleted meanwhile (a
-                # snapshot never deletes). Followers keep the flag until they lead.
-                self.source.clear_overflow()
-                self._repair = True
-                self._role_changed.set()
+
+    def _watch_health(self) -> None:
+        """Events lost → the leader repairs (an audit, which can delete; a snapshot never
+        does); followers keep the loss until they lead. A change in realtime coverage is
+        told to fusion at once."""
+        st = self.source.status
+        if st.get("overflowed") and self.role == "leader" and not self._repair:
+            self._repair = True
+            self._role_changed.set()
+        coverage = (st.get("watching"), st.get("watch_limit_reached"), st.get("unwatched_dirs"),
+                    st.get("last_overflow_at"), st.get("fully_armed"))
+        if coverage != self._coverage:
+            if self._coverage is not None:
+                self._wake.set()
+            self._coverage = coverage
 
     # -- leader duties ----------------------------------------------------------------
     async def _leader_duties(self) -> None:
@@ -479,9 +538,7 @@ class AgentPipe:
             now = time.monotonic()
             if self._repair:
                 self._repair = False
-                log.warning("pipe %s: realtime events were lost; a full audit repairs the view "
-                            "(additions and deletions)", self.pipe_id)
-                await self._audit(full=True)
+                await self._repair_lost()
                 next_audit = time.monotonic() + self.s.audit_interval_sec
             elif self.s.audit_interval_sec > 0 and now >= next_audit:
                 await self._audit()
@@ -539,20 +596,49 @@ class AgentPipe:
         if self.s.startup_mode != "message-only":
             n = await self._walk_and_push(self.source.snapshot, "snapshot",
                                           in_flight=self.s.snapshot_in_flight)
+        else:
+            self._arm()  # no snapshot to arm the watches as it goes
         await self._push([], "snapshot", is_end=True)
         self.snapshot_done = True
         self.phase = "realtime"
         log.info("pipe %s: snapshot complete, %d rows", self.pipe_id, n)
 
-    async def _audit(self, full: bool = False) -> None:
+    async def _repair_lost(self) -> None:
+        """Re-audit where realtime events were lost: the directories concerned when the
+        watcher knows them (a full queue), the whole tree when it does not (the kernel's
+        queue overflowed). Taken before the walk, so a loss during it shows again."""
+        take = getattr(self.source, "take_lost", None)
+        scope = take() if take is not None else "all"
+        if scope is None:
+            return
+        try:
+            if scope == "all":
+                log.warning("pipe %s: realtime events were lost somewhere; a full audit "
+                            "repairs the view (additions and deletions)", self.pipe_id)
+                await self._audit(full=True)
+                return
+            log.warning("pipe %s: realtime events were lost in %d place(s) (%s%s); an audit "
+                        "of those repairs the view", self.pipe_id, len(scope),
+                        ", ".join(p for p, _ in scope[:3]), ", ..." if len(scope) > 3 else "")
+            await self._audit(scope=scope)
+        except BaseException:
+            # not repaired (stopped, demoted, session lost): the next leader's repair does it
+            keep = getattr(self.source, "keep_lost", None)
+            if keep is not None:
+                keep(scope)
+            raise
+
+    async def _audit(self, full: bool = False, scope: list[tuple[str, bool]] | None = None) -> None:
         """One audit cycle. Directories whose mtime is unchanged since the last audit are
         "silent" (their files are not re-read); every ``full_audit_every``-th audit, and a
         repair, re-reads everything, so an in-place edit made through another NFS client
-        (which changes no directory mtime) reaches the view too."""
-        self._audits += 1
-        every = self.s.full_audit_every
-        if full or (every and self._audits % every == 0):
-            self._audit_cache.clear()
+        (which changes no directory mtime) reaches the view too. A ``scope`` (a repair
+        of lost events) audits only those directories, all of them re-read."""
+        if scope is None:
+            self._audits += 1
+            every = self.s.full_audit_every
+            if full or (every and self._audits % every == 0):
+                self._audit_cache.clear()
         self.phase = "audit"
         try:
             await self.client.audit_start()
@@ -567,7 +653,13 @@ class AgentPipe:
 
         cancelled = False
         try:
-            await self._walk_and_push(lambda: self.source.audit(dict(self._audit_cache)), "audit", take)
+            if scope is None:
+                def walk():
+                    return self.source.audit(dict(self._audit_cache))
+            else:
+                def walk():
+                    return self.source.audit({}, scope)
+            await self._walk_and_push(walk, "audit", take)
         except asyncio.CancelledError:
             # stopping or demoted: no end marker, which could wait forever on a fusion that is
             # down; the next leader's audit starts over with its own start signal

@@ -34,10 +34,10 @@ import queue
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ UNREADABLE_KEPT = 20
 # Pieces in flight between the workers and the consumer, per worker.
 PIECES_PER_WORKER = 2
 MTIME_EPSILON = 1e-6
+# Files of one directory past which its stats are shared out to other workers.
+SPLIT_AT = 2048
+_TOP = object()  # the parent of a walk's start: the armer finds its place itself
 
 
 class TreePaths:
@@ -66,6 +69,12 @@ class TreePaths:
         if abs_path == self.root:
             return "/"
         return "/" + abs_path[len(self._prefix):]
+
+    def absolute(self, rel: str) -> str:
+        """Absolute path of a view path (no checks: for paths this source made)."""
+        if rel == "/":
+            return self.root
+        return self._prefix + rel[1:]
 
     def resolve(self, path: str) -> str | None:
         """Absolute path for a view path (or an absolute path under the root).
@@ -155,22 +164,61 @@ class Piece(NamedTuple):
     cache: dict[str, float]
 
 
+class Armer(Protocol):
+    """Arms realtime watches as a walk reaches each directory (the watcher implements it).
+    A directory is armed *before* it is listed, so whatever changes after its listing
+    raises an event, and whatever changed before is in the listing."""
+
+    def arm_top(self, abs_path: str) -> int | None: ...
+
+    def arm_child(self, abs_path: str, parent: int) -> int | None: ...
+
+
+# How a walk treats a directory it takes from its stack:
+DEEP = 0  # list it and walk every subdirectory
+SHALLOW = 1  # list it; subdirectories are rows, not entered (on-demand, non-recursive)
+LISTED = 2  # audit repair: list it; a watched subdirectory is "unknown" (kept as it is in
+#             fusion: its own events were not lost), an unwatched one is walked DEEP
+
 _WORKER_DONE = object()
 
 
+class _Dir:
+    """A directory whose files are being stat-ed in several parts (a big flat directory):
+    its cache update rides with the piece of whichever part ends last."""
+
+    __slots__ = ("cache", "lock", "parent_mtime", "rel", "remaining")
+
+    def __init__(self, rel: str, parent_mtime: float, cache: dict[str, float]) -> None:
+        self.rel = rel
+        self.parent_mtime = parent_mtime
+        self.cache = cache
+        self.remaining = 1  # the listing itself
+        self.lock = threading.Lock()
+
+
+class _Chunk(NamedTuple):
+    d: _Dir
+    entries: list[os.DirEntry]
+
+
 class Walk:
-    """One parallel walk from ``start`` (an absolute directory path).
+    """One parallel walk from ``starts`` (absolute directory paths, each with its mode).
 
     Iterate it to get pieces; closing the iteration early stops the workers.
     ``mtime_cache`` switches to audit rows (§12.6): a directory whose cached
     mtime is unchanged is *silent* — its row carries ``audit_skipped`` and its
-    files are not read — but its subdirectories are always walked.
+    files are not read — but its subdirectories are always walked. ``armer`` arms a
+    realtime watch on each directory before listing it; ``unwatched`` counts those it
+    could not arm. A directory's files are stat-ed in chunks of ``split_at`` (at most
+    ``batch_rows``) as they are listed, and a chunk goes to an idle worker when there is
+    one: a big flat directory is shared (the listing is one stream; the stats are the cost).
     """
 
     def __init__(
         self,
         paths: TreePaths,
-        start: str,
+        starts: list[tuple[str, int]] | str,
         *,
         accept: NameFilter,
         stats: ScanStats,
@@ -178,23 +226,38 @@ class Walk:
         batch_rows: int,
         recursive: bool = True,
         mtime_cache: dict[str, float] | None = None,
+        armer: Armer | None = None,
+        is_watched: Callable[[str, int], bool] | None = None,
+        split_at: int = SPLIT_AT,
     ) -> None:
         self._paths = paths
         self._accept = accept
         self._stats = stats
         self._workers = max(1, workers)
         self._batch_rows = max(1, batch_rows)
-        self._recursive = recursive
         self._cache = mtime_cache
-        self._stack = [start]
-        self._pending = 1  # directories pushed and not finished
+        self._armer = armer
+        self._is_watched = is_watched
+        self._split_at = max(1, split_at)
+        if isinstance(starts, str):
+            starts = [(starts, DEEP if recursive else SHALLOW)]
+        # (path, parent watch or _TOP, mode) or a _Chunk
+        self._stack: list = [(p, _TOP, mode) for p, mode in reversed(starts)]
+        self._pending = len(self._stack)  # items pushed and not finished
         self._cond = threading.Condition()
         self._out: queue.Queue = queue.Queue(maxsize=PIECES_PER_WORKER * self._workers)
         self._cancel = threading.Event()
+        self._chunks_waiting = 0
+        self.chunks_shared = 0  # chunks of big directories that other workers stat-ed
+        self.unwatched = 0
+        self.complete = False  # every item was taken and finished (not cancelled)
 
     # -- consumer side ---------------------------------------------------------
 
     def __iter__(self) -> Iterator[Piece]:
+        if not self._stack:
+            self.complete = True
+            return
         threads = [
             threading.Thread(target=self._run_worker, name=f"fustor-scan-{i}", daemon=True)
             for i in range(self._workers)
@@ -209,6 +272,7 @@ class Walk:
                     running -= 1
                 else:
                     yield item
+            self.complete = not self._cancel.is_set()
         finally:
             self._cancel.set()
             with self._cond:
@@ -229,11 +293,16 @@ class Walk:
 
     def _run_worker(self) -> None:
         try:
-            while (directory := self._next_dir()) is not None:
+            while (item := self._next()) is not None:
                 try:
-                    self._scan_dir(directory)
+                    if isinstance(item, _Chunk):
+                        with self._cond:
+                            self._chunks_waiting -= 1
+                        self._stat_chunk(item)
+                    else:
+                        self._scan_dir(*item)
                 except Exception:  # a bug must not hang the walk
-                    log.exception("scan of %r failed", directory)
+                    log.exception("scan of %r failed", item[0])
                 finally:
                     with self._cond:
                         self._pending -= 1
@@ -242,7 +311,7 @@ class Walk:
         finally:
             self._put(_WORKER_DONE)
 
-    def _next_dir(self) -> str | None:
+    def _next(self):
         with self._cond:
             while not self._stack and self._pending and not self._cancel.is_set():
                 self._cond.wait()
@@ -250,10 +319,12 @@ class Walk:
                 return None
             return self._stack.pop()
 
-    def _push(self, directory: str) -> None:
+    def _push(self, item) -> None:
         with self._cond:
-            self._stack.append(directory)
+            self._stack.append(item)
             self._pending += 1
+            if isinstance(item, _Chunk):
+                self._chunks_waiting += 1
             self._cond.notify()
 
     def _put(self, item: object) -> bool:
@@ -265,9 +336,25 @@ class Walk:
                 continue
         return False
 
-    def _scan_dir(self, directory: str) -> None:
+    def _arm(self, directory: str, parent) -> int | None:
+        armer = self._armer
+        if armer is None:
+            return None
+        if parent is _TOP:
+            wd = armer.arm_top(directory)
+        elif parent is None:
+            wd = None  # its parent has no watch: it cannot be placed in the watch table
+        else:
+            wd = armer.arm_child(directory, parent)
+        if wd is None:
+            with self._cond:
+                self.unwatched += 1
+        return wd
+
+    def _scan_dir(self, directory: str, parent, mode: int) -> None:
         paths = self._paths
         rel = paths.rel(directory)
+        wd = self._arm(directory, parent)
         try:
             st = os.lstat(directory)
         except OSError as exc:
@@ -296,9 +383,12 @@ class Walk:
                 row["audit_skipped"] = True
             self._put(Piece([row], {}))
             return
+        parent_mtime = st.st_mtime
+        d = _Dir(rel, parent_mtime, {rel: st.st_mtime} if audit and not silent else {})
         buf = [row]
         own_row_sent = False
-        parent_mtime = st.st_mtime
+        files: list[os.DirEntry] = []
+        chunk = min(self._split_at, self._batch_rows)  # also what one worker holds at once
         try:
             with listing:
                 for entry in listing:
@@ -308,35 +398,92 @@ class Walk:
                         is_dir = entry.is_dir(follow_symlinks=False)
                     except OSError:
                         continue
-                    if is_dir and self._recursive:
+                    if is_dir and mode != SHALLOW:
                         if not own_row_sent:
                             if not self._put(Piece(buf, {})):
                                 return
                             buf, own_row_sent = [], True
-                        self._push(entry.path)
+                        if mode == LISTED and self._watched(entry.path, wd):
+                            buf.append(unknown_row(child_rel(rel, entry.name)))
+                            if len(buf) >= self._batch_rows:
+                                if not self._put(Piece(buf, {})):
+                                    return
+                                buf = []
+                        else:
+                            self._push((entry.path, wd, DEEP))
                         continue
                     if silent or not (is_dir or self._accept(entry.name)):
                         continue
-                    try:
-                        est = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue  # vanished since the listing
-                    child = stat_row(child_rel(rel, entry.name), est)
-                    if audit and not is_dir:
-                        child["parent_path"] = rel
-                        child["parent_mtime"] = parent_mtime
-                    buf.append(child)
-                    if len(buf) >= self._batch_rows:
-                        if not self._put(Piece(buf, {})):
-                            return
-                        buf, own_row_sent = [], True
+                    files.append(entry)
+                    if len(files) >= chunk:
+                        if not own_row_sent:
+                            if not self._put(Piece(buf, {})):
+                                return
+                            buf, own_row_sent = [], True
+                        self._hand_off(d, files)
+                        files = []
+                buf.extend(self._rows(d, files, audit))
         except OSError as exc:  # the listing broke off half-way
             self._stats.failed(rel, exc)
+            buf.extend(self._rows(d, files, audit))
             if audit:  # what was not listed is unknown, not gone
                 buf.append(unknown_row(rel))
-            self._put(Piece(buf, {}))
+            d.cache = {}
+        self._part_done(d, buf)
+
+    def _watched(self, path: str, parent: int | None) -> bool:
+        if self._is_watched is None:
+            return True  # no watcher to ask: its events were not ours to lose
+        return parent is not None and self._is_watched(path, parent)
+
+    def _hand_off(self, d: _Dir, files: list[os.DirEntry]) -> None:
+        """A chunk of a big directory's files: to another worker, or stat-ed here when
+        enough chunks already wait (so a fast listing cannot pile them up)."""
+        with self._cond:
+            crowded = self._workers == 1 or self._chunks_waiting >= self._workers
+        if crowded:
+            rows = self._rows(d, files, self._cache is not None)
+            for i in range(0, len(rows), self._batch_rows):
+                if not self._put(Piece(rows[i:i + self._batch_rows], {})):
+                    return
             return
-        self._put(Piece(buf, {rel: st.st_mtime} if audit and not silent else {}))
+        with d.lock:
+            d.remaining += 1
+        with self._cond:
+            self.chunks_shared += 1
+        self._push(_Chunk(d, files))
+
+    def _stat_chunk(self, chunk: _Chunk) -> None:
+        self._part_done(chunk.d, self._rows(chunk.d, chunk.entries, self._cache is not None))
+
+    def _rows(self, d: _Dir, entries: list[os.DirEntry], audit: bool) -> list[dict]:
+        rows = []
+        rel = d.rel
+        for entry in entries:
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished since the listing
+            child = stat_row(child_rel(rel, entry.name), est)
+            if audit and not stat.S_ISDIR(est.st_mode):
+                child["parent_path"] = rel
+                child["parent_mtime"] = d.parent_mtime
+            rows.append(child)
+        return rows
+
+    def _part_done(self, d: _Dir, rows: list[dict]) -> None:
+        """Put one part's rows; the part that ends last carries the directory's cache
+        update (under the lock, so no other part of it is put after that)."""
+        with d.lock:
+            d.remaining -= 1
+            last = d.remaining == 0
+            if not rows and not (last and d.cache):
+                return
+            step = self._batch_rows
+            for i in range(0, max(len(rows), 1), step):
+                end = i + step >= len(rows)
+                if not self._put(Piece(rows[i:i + step], d.cache if last and end else {})):
+                    return
 
 
 def unknown_row(rel: str) -> dict:
@@ -375,22 +522,26 @@ def rechunk(pieces: Iterator[Piece], batch_rows: int) -> Iterator[tuple[list[dic
 
 
 def iter_tree_rows(
-    paths: TreePaths, accept: NameFilter, top: str
-) -> Iterator[tuple[str, dict]]:
-    """``(abs_path, row)`` for ``top`` and everything under it, parents first.
+    paths: TreePaths, accept: NameFilter, top: str, armer: Armer | None = None
+) -> Iterator[dict]:
+    """Rows for ``top`` and everything under it, parents first.
 
-    A small sequential walk for directories that appear in realtime (created,
-    moved in, renamed); the big walks use :class:`Walk`.
+    A small sequential walk for directories that appear in realtime (created, moved in,
+    renamed): it runs a little at a time as the pipe drains, so it is a generator that
+    holds one open directory at most. Each directory is armed before it is listed.
     """
     row = lstat_row(paths, top)
     if row is None:
         return
-    yield top, row
     if not row["is_directory"]:
+        if accept(row["file_name"]):
+            yield row
         return
-    stack = [(top, row["path"])]
+    wd = armer.arm_top(top) if armer is not None else None
+    yield row
+    stack = [(top, row["path"], wd)]
     while stack:
-        directory, rel = stack.pop()
+        directory, rel, parent = stack.pop()
         try:
             # One directory open at a time: subdirectories wait on the stack.
             with os.scandir(directory) as listing:
@@ -399,15 +550,20 @@ def iter_tree_rows(
                         is_dir = entry.is_dir(follow_symlinks=False)
                         if not (is_dir or accept(entry.name)):
                             continue
+                        if is_dir and armer is not None and parent is not None:
+                            child_wd = armer.arm_child(entry.path, parent)
+                        else:
+                            child_wd = None
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
                     child = child_rel(rel, entry.name)
-                    yield entry.path, stat_row(child, st)
+                    yield stat_row(child, st)
                     if is_dir:
-                        stack.append((entry.path, child))
+                        stack.append((entry.path, child, child_wd))
         except OSError as exc:
-            log.warning("cannot list new directory %r: %s", rel, exc)
+            if not isinstance(exc, FileNotFoundError):  # gone again: its delete follows
+                log.warning("cannot list new directory %r: %s", rel, exc)
 
 
 def sentinel_stat(paths: TreePaths, path: str) -> dict | None:

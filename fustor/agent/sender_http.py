@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import ssl
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -74,6 +75,7 @@ class FusionClient:
         self.url = str(base.copy_with(username=None, password=None)) if base.userinfo else str(base)
         self.ca_file = ca_file
         self.reachable: bool | None = None  # None: not asked yet; False: last call had no answer
+        self.observe_push: Callable[[float], None] | None = None  # push latency (metrics)
         self.last_answer_at: float | None = None
         # a transport of its own (tests) carries its own TLS settings
         verify = tls_context(ca_file) if transport is None else True
@@ -160,7 +162,12 @@ class FusionClient:
                 "source_type": PHASE_SOURCE_TYPE.get(phase, "message"), "is_end": is_end}
         if metadata is not None:
             body["metadata"] = metadata
-        return await self._call("POST", f"/api/v1/pipe/ingest/{session_id}/events", body)
+        t0 = time.monotonic()
+        try:
+            return await self._call("POST", f"/api/v1/pipe/ingest/{session_id}/events", body)
+        finally:
+            if self.observe_push is not None:
+                self.observe_push(time.monotonic() - t0)
 
     async def audit_start(self) -> dict:
         return await self._call("POST", "/api/v1/pipe/consistency/audit/start")

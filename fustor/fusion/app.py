@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fustor.errors import FustorError, NotReadyError, StoreBusyError, StoreFullError
-from fustor.fusion.api import ingest, management, views
+from fustor.fusion.api import ingest, management, metrics, pages, views
 from fustor.fusion.api.ingest import json_response
 from fustor.fusion.auth import requires, undeclared_routes
 from fustor.fusion.core import Fusion
@@ -64,12 +65,24 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(FustorError)
     async def fustor_error(request: Request, exc: FustorError) -> Response:
         resp = json_response(exc.to_body(), exc.status)
+        if exc.status == 503:
+            request.app.state.fusion.metrics.unavailable.labels(exc.code).inc()
         if isinstance(exc, NotReadyError):
             resp.headers["Retry-After"] = str(exc.retry_after)
         elif isinstance(exc, StoreFullError):  # space comes back in minutes, not seconds
             resp.headers["Retry-After"] = str(STORE_FULL_RETRY_AFTER_S)
         elif isinstance(exc, StoreBusyError) or exc.status == 503:
             resp.headers["Retry-After"] = "1"
+        return resp
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # routing's own answers (no such route, wrong method) in our error shape too
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        resp = json_response({"detail": detail, "code": code}, exc.status_code)
+        for k, v in (exc.headers or {}).items():
+            resp.headers[k] = v
         return resp
 
     @app.exception_handler(Exception)
@@ -85,11 +98,12 @@ def _install_errors(app: FastAPI) -> None:
 
 
 def _app(fusion: Fusion, title: str, routers: list, lifespan=None) -> FastAPI:
-    app = FastAPI(title=title, version="0.1.0", lifespan=lifespan,
+    # /docs and /redoc come from api/pages.py: FastAPI's own load their assets from a CDN
+    app = FastAPI(title=title, version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Query API of fustor views and the agent ingest protocol.")
     app.state.fusion = fusion
     _install_errors(app)
-    for r in routers:
+    for r in [*routers, pages.docs_router]:
         app.include_router(r)
 
     @app.get("/", **requires("public"))
@@ -101,6 +115,7 @@ def _app(fusion: Fusion, title: str, routers: list, lifespan=None) -> FastAPI:
     if missing:  # every route must say who may call it (fusion/auth.py)
         raise RuntimeError(f"routes without a declared scope: {', '.join(missing)}")
     app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
+    app.add_middleware(metrics.Timing)
     return app
 
 
@@ -115,7 +130,7 @@ def create_app(fusion: Fusion, *, receiver_routes: bool = True) -> FastAPI:
         finally:
             await fusion.stop()
 
-    routers = [views.router, management.router]
+    routers = [views.router, management.router, pages.router, metrics.router]
     if receiver_routes:
         routers.append(ingest.router)
     return _app(fusion, "fustor fusion", routers, lifespan)

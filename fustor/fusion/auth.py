@@ -10,6 +10,11 @@
                                                          changes or destroys view data, on any
                                                          view; also every read route
 
+``GET /metrics`` has the scope ``metrics``: an admin key, because its figures span every
+view, pipe and agent (as the management dashboard does) and a query key must not learn
+of views it cannot read; with ``metrics: {public: true}`` in the config, scrapes from a
+loopback address (a Prometheus or an exporter on the fusion host) need no key.
+
 Every route declares the scope it needs with :func:`requires`, which adds a FastAPI
 dependency (it runs before query parameters and bodies are validated, so a keyless caller
 gets 401, never 422) and writes the scope into the OpenAPI document as
@@ -28,7 +33,8 @@ from fastapi import Depends, Request
 from fustor.config import FusionConfig
 from fustor.errors import AuthError, ForbiddenError
 
-SCOPES = ("public", "any", "ingest", "query", "admin")
+SCOPES = ("public", "any", "ingest", "query", "admin", "metrics")
+LOOPBACK = ("127.0.0.1", "::1")
 OPENAPI_FIELD = "x-fustor-scope"
 
 
@@ -93,7 +99,7 @@ def check(principal: Principal, scope: str, view_id: str | None = None) -> None:
     """Raise 403 unless ``principal`` may use a route of ``scope`` (on ``view_id``)."""
     if scope in ("public", "any"):
         return
-    if scope == "admin":
+    if scope in ("admin", "metrics"):
         if not principal.admin:
             raise ForbiddenError("this route needs an admin key (admin_keys in the fusion "
                                  f"config); the key {principal.key_id} is a {principal.kind} key")
@@ -113,6 +119,9 @@ def check(principal: Principal, scope: str, view_id: str | None = None) -> None:
 def _dependency(scope: str):
     async def authorize(request: Request) -> Principal | None:
         if scope == "public":
+            return None
+        if scope == "metrics" and request.app.state.fusion.cfg.metrics_public and \
+                request.client is not None and request.client.host in LOOPBACK:
             return None
         p = request.app.state.fusion.keys.lookup(request.headers.get("x-api-key"))
         check(p, scope, request.path_params.get("view_id"))

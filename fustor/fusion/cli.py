@@ -25,8 +25,9 @@ def fusion() -> None:
 
 
 def serve_options(fn):
-    """The options shared by `serve` and `start`."""
+    """The arguments and options shared by `serve` and `start`."""
     for opt in reversed([
+        click.argument("targets", nargs=-1, metavar="[TARGETS]..."),
         click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
                      default=None, help="Where the view stores live [default: $FUSTOR_HOME/data, "
                      "i.e. ~/.fustor/data]."),
@@ -36,8 +37,12 @@ def serve_options(fn):
                      "and pipe]."),
         click.option("-h", "--host", default=None,
                      help="Listen address of the main port [default: from config, 0.0.0.0]."),
-        click.option("-p", "--port", type=int, default=None,
+        click.option("-p", "--port", type=int, default=None, envvar="FUSTOR_FUSION_PORT",
+                     show_envvar=True,
                      help="Main port (query API) [default: from config, 8101]."),
+        click.option("--receiver-port", type=click.IntRange(1, 65535), default=None,
+                     help="Zero-config only: port of the default receiver, where agents "
+                     "connect [default: 8102; the main port also takes agents]."),
         click.option("-V", "--verbose", is_flag=True, help="Debug logging."),
         click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
                      default=None, help="Also run an agent in this process that indexes DIR into "
@@ -53,14 +58,19 @@ def serve_options(fn):
     return fn
 
 
+
+
 @fusion.command()
 @serve_options
 @friendly
-def serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key) -> None:
+def serve(targets, data_dir, config_path, host, port, receiver_port, verbose, watch_dir,
+          tls_cert, tls_key) -> None:
     """Run fusion in the foreground until Ctrl-C or SIGTERM (SIGHUP reloads the config).
     With no config it generates an ingest, a query and an admin key into DATA/keys.yaml
-    and prints them once; `fustor fusion keys` shows them again."""
-    _serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key)
+    and prints them once; `fustor fusion keys` shows them again. TARGETS are config files
+    and pipe ids, as for `start`."""
+    _serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key,
+           targets, receiver_port)
 
 
 @fusion.command()
@@ -68,22 +78,33 @@ def serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_k
 @click.option("-D", "--daemon", is_flag=True,
               help="Run in the background; output goes to $FUSTOR_HOME/logs/fusion.log.")
 @friendly
-def start(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key, daemon) -> None:
-    """Start fusion (in the foreground unless -D); same options as `serve`."""
+def start(targets, data_dir, config_path, host, port, receiver_port, verbose, watch_dir,
+          tls_cert, tls_key, daemon) -> None:
+    """Start fusion (in the foreground unless -D); same options as `serve`. TARGETS are
+    config files and pipe ids: `start my-custom-pipes.yaml` runs the pipes that file
+    defines (a file of the config directory is read with the others), `start research`
+    only that pipe; none: every enabled pipe."""
     from fustor.config import fustor_home
     from fustor.pidfile import running_pid, start_daemon
 
     if not daemon:
-        return _serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key)
+        return _serve(data_dir, config_path, host, port, verbose, watch_dir, tls_cert, tls_key,
+                      targets, receiver_port)
     home = fustor_home()
-    if running_pid(home / "fusion.pid") is None and _config_target(config_path) is None:
+    read, zero = _loader(data_dir or default_data_dir(), config_path, targets, receiver_port)
+    if not zero:
+        read()  # a broken config or target is reported here, not in the log
+    if running_pid(home / "fusion.pid") is None and zero:
         # zero-config: make the keys here, so they reach this terminal and never the log
         from fustor.config import default_config
 
-        _print_keys(default_config(data_dir or default_data_dir()), port or 8101)
-    args = ["fusion", "serve"]
+        _print_keys(default_config(data_dir or default_data_dir(), receiver_port or 8102),
+                    port or 8101)
+    args = ["fusion", "serve", *(str(Path(t).resolve()) if Path(t).exists() else t
+                                 for t in targets)]
     for flag, value in (("--data", data_dir), ("--config", config_path), ("--host", host),
-                        ("--port", port), ("--watch", watch_dir), ("--tls-cert", tls_cert),
+                        ("--port", port), ("--receiver-port", receiver_port),
+                        ("--watch", watch_dir), ("--tls-cert", tls_cert),
                         ("--tls-key", tls_key)):
         if value is not None:
             args += [flag, str(value)]
@@ -166,14 +187,80 @@ def keys(data_dir: Path | None) -> None:
 
 
 @fusion.command()
+@click.argument("pipe", required=False)
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path),
+              default=None, help="The config to read PIPE from [default: "
+              "$FUSTOR_HOME/fusion-config/].")
 @friendly
-def status() -> None:
-    """RUNNING (PID) or STOPPED."""
-    from fustor.config import fustor_home
+def status(pipe: str | None, config_path: Path | None) -> None:
+    """RUNNING (PID) or STOPPED; with PIPE, also its receiver, views and ENABLED/DISABLED
+    from the config."""
+    from fustor.config import enabled_pipes, fustor_home, load_fusion_config
+    from fustor.errors import ConfigError
     from fustor.pidfile import running_pid
 
     pid = running_pid(fustor_home() / "fusion.pid")
     click.echo(f"RUNNING (PID: {pid})" if pid else "STOPPED")
+    if pipe is None:
+        return
+    cfg = load_fusion_config(_config_target(config_path))
+    pc = cfg.pipes.get(pipe)
+    if pc is None:
+        raise ConfigError(f"{pipe}: not a configured pipe (known: {', '.join(cfg.pipes) or 'none'})")
+    state = "ENABLED" if pipe in enabled_pipes(cfg) else "DISABLED"
+    click.echo(f"  {pipe}: receiver {pc.receiver}, views {', '.join(pc.views) or '-'}, "
+               f"{state} (Config)")
+
+
+@fusion.command()
+@click.argument("targets", nargs=-1, metavar="[TARGETS]...")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path),
+              default=None, help="A YAML file or a directory of them [default: "
+              "$FUSTOR_HOME/fusion-config/].")
+@friendly
+def validate(targets, config_path: Path | None) -> None:
+    """Check the fusion config (TARGETS as for start); exit 1 with the file and key of the
+    first error, or when the config runs no pipe."""
+    from fustor.config import enabled_pipes, fustor_home
+    from fustor.errors import ConfigError
+    from fustor.targets import legacy_notes, nothing_runs
+
+    home = fustor_home()
+    notes = legacy_notes(home, "fusion")
+    for note in notes:
+        click.echo(f"warning: {note}")
+    if _config_target(config_path) is None and not targets:
+        if notes:
+            raise ConfigError(f"no config files in {home / 'fusion-config'}/, so only the "
+                              "built-in default (one receiver, view and pipe named default) "
+                              "would run; move the old config's settings there")
+        click.echo(f"ok: no config files in {home / 'fusion-config'}/; `fusion serve` runs the "
+                   "built-in default (one receiver, view and pipe named default)")
+        return
+    cfg = _loader(None, config_path, targets, None)[0]()
+    for w in cfg.warnings:
+        click.echo(f"warning: {w}")
+    for item in cfg.ignored:
+        click.echo(f"ignored (accepted, not used by this fusion): {item}")
+    enabled = enabled_pipes(cfg)
+    if not enabled and _serves(cfg):
+        click.echo("warning: no enabled pipe, so agents cannot push; the views are served "
+                   "read-only")
+    why = nothing_runs(cfg, _serves(cfg), "fusion", " ".join(targets) or str(config_path or
+                       home / "fusion-config"), home)
+    if why:
+        raise ConfigError(why)
+    views = [v for v, vc in cfg.views.items() if not vc.disabled]
+    click.echo(f"ok: {len(enabled)} enabled pipe(s), {len(views)} view(s) from "
+               f"{', '.join(cfg.files)}")
+
+
+@fusion.command()
+def example() -> None:
+    """Print a commented example fusion config."""
+    from fustor.config import dump_example
+
+    click.echo(dump_example())
 
 
 RELOAD_RESULT = "fusion-reload.json"
@@ -207,28 +294,66 @@ def _print_keys(cfg, port: int) -> None:
                f"http://127.0.0.1:{port}/api/v1/views/default/stats")
 
 
+def _serves(cfg) -> dict:
+    """What a fusion config runs: its enabled pipes, else its enabled views (served
+    read-only, e.g. restored data)."""
+    from fustor.config import enabled_pipes
+
+    return enabled_pipes(cfg) or {v: vc for v, vc in cfg.views.items() if not vc.disabled}
+
+
+def _loader(data_dir: Path | None, config_path: Path | None, targets: tuple[str, ...],
+            receiver_port: int | None):
+    """``(load, zero_config)``: what `serve TARGETS` reads, as a function (reloads call it
+    again); with no config files at all, the built-in default config."""
+    from fustor.config import default_config, fustor_home, load_fusion_config
+    from fustor.errors import ConfigError
+    from fustor.targets import load_targets, parse_targets
+
+    cfg_dir = fustor_home() / "fusion-config"
+    parsed = parse_targets(targets, cfg_dir)
+    default = _config_target(config_path)
+    zero = default is None and not parsed.files
+    if receiver_port is not None and not zero:
+        raise ConfigError("--receiver-port sets the port of the zero-config receiver; with "
+                          "config files, set receivers.<id>.port")
+    if zero:
+        return (lambda: load_targets(parsed, lambda _t: default_config(
+            data_dir, receiver_port or 8102), cfg_dir)), True
+    return (lambda: load_targets(parsed, load_fusion_config, cfg_dir, default=default)), False
+
+
 def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
            port: int | None, verbose: bool, watch_dir: Path | None = None,
-           tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
-    from fustor.config import default_config, fustor_home, load_fusion_config
+           tls_cert: Path | None = None, tls_key: Path | None = None,
+           targets: tuple[str, ...] = (), receiver_port: int | None = None) -> None:
+    from fustor.config import fustor_home
     from fustor.errors import ConfigError
     from fustor.fusion.core import Fusion
     from fustor.fusion.server import serve as run
+    from fustor.targets import legacy_notes, nothing_runs
 
     data_dir = data_dir or default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    config_path = _config_target(config_path)
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both")
+    read, zero = _loader(data_dir, config_path, targets, receiver_port)
 
     def load():
-        c = load_fusion_config(config_path) if config_path else default_config(data_dir)
+        c = read()
         if tls_cert:
             c.tls_cert_file, c.tls_key_file = str(tls_cert), str(tls_key)
         return c
 
     cfg = load()
     setup_logging(cfg.logging, verbose, fmt=cfg.log_format, log_dir=cfg.log_dir, name="fusion")
+    for note in legacy_notes(fustor_home(), "fusion"):
+        click.echo(f"warning: {note}", err=True)
+    why = None if zero else nothing_runs(cfg, _serves(cfg), "fusion", " ".join(targets)
+                                         or str(config_path or fustor_home() / "fusion-config"),
+                                         fustor_home())
+    if why:
+        raise ConfigError(why)
     for item in getattr(cfg, "ignored", []):
         logging.getLogger("fustor.config").info("ignored config key (not used by this fusion): %s", item)
     host = host or cfg.host
@@ -241,7 +366,7 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
         click.echo(f"fusion listening on {scheme}://{host}:{port} (data in {data_dir})")
         _print_keys(cfg, port)
 
-    loader = load if config_path else None
+    loader = None if zero else load
     companion = None
     if watch_dir:
         embed = (click.get_current_context().find_root().obj or {}).get("embedded_agent")

@@ -23,7 +23,7 @@ from fustor.errors import (
     ReloadRefusedError,
 )
 from fustor.fusion.auth import Principal
-from fustor.fusion.fleet import COMMAND_TYPES, agent_pipe_of
+from fustor.fusion.fleet import COMMAND_TYPES, agent_pipe_of, realtime_coverage
 from fustor.fusion.views.forest import ForestView
 from fustor.store import keys
 
@@ -101,7 +101,7 @@ class ControlPlane:
         return {"snapshot_complete": sm.snapshot_complete(key),
                 "leader_connected": sm.leader_connected(key),
                 "leader_session": leader, "leader_agent": ls.agent_id if ls else None,
-                "sessions": len(by_key.get(key, []))}
+                "sessions": len(by_key.get(key, [])), **realtime_coverage(ls)}
 
     def dashboard_plan(self) -> tuple[dict, list]:
         """Everything in memory, copied on the event loop (where sessions and the fleet

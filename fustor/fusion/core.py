@@ -26,7 +26,8 @@ from fustor.errors import (
 from fustor.fusion.action_log import ActionLog
 from fustor.fusion.auth import KeyTable, Principal, check
 from fustor.fusion.control import ControlPlane
-from fustor.fusion.fleet import Fleet
+from fustor.fusion.fleet import Fleet, realtime_coverage
+from fustor.fusion.metrics import FusionMetrics
 from fustor.fusion.sessions import Session, SessionManager
 from fustor.fusion.views.forest import ForestView
 from fustor.fusion.views.fs import FsView
@@ -54,6 +55,7 @@ class Fusion:
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
         self.counters = {"events_received": 0, "events_processed": 0, "errors": 0}
+        self.metrics = FusionMetrics(self)
 
     # -- lifecycle ----------------------------------------------------------------
     def open(self) -> None:
@@ -278,7 +280,7 @@ class Fusion:
         applied, rejected = 0, []
         if events:
             self.counters["events_received"] += len(events)
-            results = await asyncio.gather(*(v.apply_events(events) for v in views))
+            results = await asyncio.gather(*(self._apply(v, events) for v in views))
             for res in results:
                 applied = max(applied, res["applied"])
                 rejected = rejected or res["rejected"]
@@ -302,6 +304,12 @@ class Fusion:
                     await v.audit_end()
                 out["phase"] = "audit_end"
         return out
+
+    async def _apply(self, view: FsView, events: list[dict]) -> dict:
+        t0 = time.perf_counter()
+        res = await view.apply_events(events)
+        self.metrics.batch(view.id, res["applied"], len(res["rejected"]), time.perf_counter() - t0)
+        return res
 
     # -- consistency signals (no session: the key names the pipe) ---------------------
     def _views_for_key(self, who: Principal) -> list[FsView]:
@@ -355,10 +363,12 @@ class Fusion:
         )
 
     def freshness(self, view: FsView) -> dict:
+        leader = self.sessions.leader.get(view.id)
         return {
             "leader_connected": self.sessions.leader_connected(view.id),
             "snapshot_complete": self.sessions.snapshot_complete(view.id),
             "snapshot_completed_at": view.snapshot_completed_at,
+            **realtime_coverage(self.sessions.sessions.get(leader) if leader else None),
         }
 
 

@@ -275,3 +275,33 @@ _PIPE_FIELDS = ("state", "phase", "role", "rows_pushed", "events_pushed", "rows_
 
 def _text(v) -> str | None:
     return v[:500] if isinstance(v, str) and v else None
+
+
+def _num(v) -> float | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def realtime_coverage(s: Session | None) -> dict:
+    """How much of a tree realtime covers, as its leader's agent last told (heartbeats
+    carry it, and the agent sends one at once when it changes). ``realtime_coverage``:
+    ``full``, ``partial`` (the watch limit was hit or some directories are not watched:
+    changes there show only after an audit), ``arming`` (the first walk is still arming
+    watches), ``off`` (nothing is watched), or ``unknown`` (no leader, or an agent that
+    reports no status, such as 0.8.17's)."""
+    w = (s.agent_status or {}).get("watch") if s is not None else None
+    if not isinstance(w, dict):
+        return {"realtime_coverage": "unknown", "watch_limit_reached": None,
+                "watched_dirs": None, "unwatched_dirs": None, "last_overflow_at": None}
+    limit = w.get("watch_limit_reached") is True
+    unwatched = _num(w.get("unwatched_dirs"))
+    if w.get("watching") is not True:
+        coverage = "off"
+    elif limit or (unwatched or 0) > 0:
+        coverage = "partial"
+    elif w.get("fully_armed") is False:
+        coverage = "arming"
+    else:
+        coverage = "full"
+    return {"realtime_coverage": coverage, "watch_limit_reached": limit,
+            "watched_dirs": _num(w.get("watched_dirs")), "unwatched_dirs": unwatched,
+            "last_overflow_at": _num(w.get("last_overflow_at"))}

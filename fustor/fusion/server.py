@@ -56,6 +56,9 @@ def listen(host: str, port: int) -> socket.socket:
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another "
                       "fusion (or another program) using that port?") from None
     sock.set_inheritable(True)
+    # accepted connections inherit it: without, a reused connection's answers wait ~40 ms
+    # for the client's delayed ACK (asyncio sets it only on sockets it made itself)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 

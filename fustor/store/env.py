@@ -32,6 +32,9 @@ from fustor.store.writer import Writer, is_disk_full
 
 FORMAT_VERSION = 1
 DB_NAMES = Dbs._fields
+# what a file that LMDB can open but that does not hold together is (a plain copy of a
+# live store taken while it was written, or a damaged disk); never "run migrate" for it
+TORN = "not a consistent fustor store: torn copy or corruption; restore from a backup"
 DEFAULT_MAP_SIZE = 8 << 30  # address space only; the file grows as pages are used
 GROW_WAIT_S = 5.0  # how long a map growth waits for readers to leave
 MIN_MAP_SIZE = 1 << 20
@@ -111,6 +114,8 @@ class Store:
             raise NotFoundError(f"no store at {self.path}")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                _create_atomically(self.path, tree_id or uuid.uuid4().hex)
         size = self.path.stat().st_size if self.path.exists() else 0
         self._map_size = max(map_size or DEFAULT_MAP_SIZE, MIN_MAP_SIZE, 2 * size)
         self._closed = False
@@ -129,6 +134,9 @@ class Store:
             return
         try:
             self.env = open_env(self.path, readonly=readonly, map_size=self._map_size)
+        except lmdb.InvalidError:
+            raise StoreFormatError(f"{self.path} is not a fustor store (not an LMDB file), or "
+                                   f"is {TORN}") from None
         except lmdb.Error as exc:
             raise StoreFormatError(f"{self.path} cannot be opened as a fustor store: {exc}") from None
         self._gate = _Gate()
@@ -149,13 +157,22 @@ class Store:
                 raise StoreFormatError(f"{self.path} is empty, not a fustor store")
             self._create(tree_id or uuid.uuid4().hex)
             return FORMAT_VERSION
-        with self.env.begin() as txn:
-            if txn.get(b"meta") is None:
-                raise StoreFormatError(f"{self.path} is an LMDB file but not a fustor store")
-        meta = self.env.open_db(b"meta", create=False)
-        with self.env.begin() as txn:
-            raw = txn.get(b"format_version", db=meta)
-        version = 0 if raw is None else int(orjson.loads(raw))
+        pages = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        if pages > self.path.stat().st_size:  # cut short: its last pages were never copied
+            raise StoreFormatError(f"{self.path} is {TORN} (the file ends before its last page)")
+        try:
+            with self.env.begin() as txn:
+                if txn.get(b"meta") is None:
+                    raise StoreFormatError(f"{self.path} is an LMDB file but not a fustor store")
+                tables = txn.get(b"aggregates") is not None
+            meta = self.env.open_db(b"meta", create=False)
+            with self.env.begin() as txn:
+                raw = txn.get(b"format_version", db=meta)
+            version = 0 if raw is None else int(orjson.loads(raw))
+        except (lmdb.Error, ValueError, TypeError) as exc:
+            raise StoreFormatError(f"{self.path} is {TORN} ({exc})") from None
+        if raw is None and tables:  # format 0 had no aggregates: its version was lost
+            raise StoreFormatError(f"{self.path} is {TORN} (its format version is unreadable)")
         if version < FORMAT_VERSION:
             raise StoreFormatError(
                 f"{self.path} is in store format {version}; this fustor reads format "
@@ -169,15 +186,7 @@ class Store:
         return version
 
     def _create(self, tree_id: str) -> None:
-        with self.env.begin(write=True) as txn:
-            dbs = Dbs(*(self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES))
-            w = TreeWriter(txn, dbs)
-            w.put_meta("format_version", FORMAT_VERSION)
-            w.put_meta("tree_id", tree_id)
-            w.put_meta("created_at", time.time())
-            w.put_meta("migrations", [])
-            w.upsert(keys.ROOT, True)
-            w.flush()
+        _init_tables(self.env, tree_id)
 
     def _open_dbs(self) -> Dbs:
         if self.readonly:
@@ -302,9 +311,48 @@ class Store:
     def disk_bytes(self) -> int:
         return self.path.stat().st_size
 
+    @property
+    def map_size(self) -> int:
+        """Bytes of address space mapped for this store (the file may be smaller)."""
+        return self.env.info()["map_size"]
+
     def copy_to(self, dest: str | os.PathLike, compact: bool = True) -> None:
         """A consistent backup while the writer keeps committing."""
         self.env.copy(str(dest), compact=compact)
+
+
+def _init_tables(env: lmdb.Environment, tree_id: str) -> None:
+    with env.begin(write=True) as txn:
+        dbs = Dbs(*(env.open_db(n.encode(), txn=txn) for n in DB_NAMES))
+        w = TreeWriter(txn, dbs)
+        w.put_meta("format_version", FORMAT_VERSION)
+        w.put_meta("tree_id", tree_id)
+        w.put_meta("created_at", time.time())
+        w.put_meta("migrations", [])
+        w.upsert(keys.ROOT, True)
+        w.flush()
+
+
+def _create_atomically(path: Path, tree_id: str) -> None:
+    """A new store is made complete under a temporary name, then renamed: a crash while
+    creating it (a view added by a reload, a forest member's first push) never leaves an
+    empty or half-made file under the store's name."""
+    tmp = path.with_name(path.name + ".creating")
+    for leftover in (tmp, Path(str(tmp) + "-lock")):
+        leftover.unlink(missing_ok=True)
+    env = open_env(tmp, readonly=False, map_size=MIN_MAP_SIZE * 4)
+    try:
+        _init_tables(env, tree_id)
+        env.sync(True)
+    finally:
+        env.close()
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself is durable
+    finally:
+        os.close(fd)
+    Path(str(tmp) + "-lock").unlink(missing_ok=True)
 
 
 def apply_changes(w: TreeWriter, changes) -> int:

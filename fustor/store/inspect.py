@@ -1,12 +1,25 @@
-"""Offline reading of one store file for ``fustor inspect`` (read-only; safe while a server writes)."""
+"""Offline reading of one store file for ``fustor inspect`` (read-only; safe while a server writes).
+
+A torn copy of a store (copied while it was written) can make LMDB itself abort the
+process (an assertion, or SIGBUS past the end of a cut file) in the middle of a scan,
+so :func:`report_isolated` reads in a child process and turns such a crash into
+"not a consistent fustor store" instead of a dead command.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import lmdb
+
+from fustor.errors import FustorError, StoreFormatError
 from fustor.store import keys
-from fustor.store.env import Store
+from fustor.store.env import TORN, Store
 from fustor.store.records import AGG, IS_DIR, NODE, Node
 
 
@@ -114,3 +127,40 @@ def verify(store: Store, progress: Callable[[int], None] | None = None) -> list[
 
 def open_readonly(path: str | Path) -> Store:
     return Store(path, readonly=True)
+
+
+def report(path: str | Path, node_path: str | None = None, limit: int = 100,
+           check: bool = False, progress: bool = False) -> dict:
+    """What ``fustor inspect`` shows: :func:`summary`, the node at ``node_path`` (None if it
+    is not in the store: ``out["node"]`` is None), and with ``check`` the result of
+    :func:`verify`. ``progress`` prints the verify progress on stderr."""
+    st = open_readonly(path)
+    try:
+        out = summary(st)
+        if node_path is not None:
+            out["node"] = show_path(st, node_path, limit)
+        if check:
+            def tell(n: int) -> None:
+                print(f"  verified {n:,} nodes...", file=sys.stderr, flush=True)
+
+            problems = verify(st, tell if progress else None)
+            out["verify"] = {"ok": not problems, "problems": problems[:1000],
+                             "problem_count": len(problems)}
+        return out
+    except lmdb.Error as exc:
+        raise StoreFormatError(f"{path} is {TORN} ({exc})") from None
+    finally:
+        st.close()
+
+
+def report_isolated(path: str | Path, **kw) -> dict:
+    """:func:`report` run in a child process, so that LMDB aborting on a torn file is an
+    error here, not the end of this process."""
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has LMDB open
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(report, str(path), **kw).result()
+        except BrokenProcessPool:
+            raise StoreFormatError(f"{path} is {TORN} (reading it crashed the reader)") from None
+        except FustorError:
+            raise

@@ -207,7 +207,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     ("- a\n- b\n", r"c\.yaml: top level: expected a mapping"),
-    ("sources: [a]\n", r"c\.yaml: sources: expected a mapping"),
+    ("sources: [a]\n", r"c\.yaml: sources\[0\]: expected a mapping with an id"),  # list form
     ("pipes:\n  1: {source: s, sender: f}\n", r"c\.yaml: pipes\.1: ids must be non-empty"),
     ("pipes:\n  off: {source: s, sender: f}\n", r"pipes\.False: .* put the id in quotes"),
 ])

@@ -297,3 +297,30 @@ def test_stat_paths_exists_missing_and_outside(root):
         {"path": "/d/gone.txt", "mtime": 0.0, "status": "missing"},
         {"path": "/d/f.txt/x", "mtime": 0.0, "status": "missing"},
     ]
+
+
+# -- big flat directories ---------------------------------------------------------------
+
+
+def test_a_big_flat_directory_is_shared_by_the_workers(root):
+    from fustor.agent.scanner import NameFilter, ScanStats, TreePaths, Walk, rechunk
+
+    flat = root / "flat"
+    flat.mkdir()
+    for i in range(3000):
+        os.close(os.open(flat / f"f{i:05d}", os.O_CREAT | os.O_WRONLY))
+    write(root / "small" / "s.txt")
+    for cache in (None, {}):  # a snapshot, and an audit (its cache update comes last)
+        walk = Walk(TreePaths(root), str(root), accept=NameFilter(), stats=ScanStats(),
+                    workers=4, batch_rows=100, mtime_cache=cache, split_at=256)
+        seen: list[str] = []
+        flat_cached_after = None
+        for rows, update in rechunk(iter(walk), 100):
+            seen.extend(r["path"] for r in rows)
+            if "/flat" in update:
+                flat_cached_after = len([p for p in seen if p.startswith("/flat/")])
+        assert walk.chunks_shared > 0  # other workers stat-ed parts of it
+        assert len(seen) == len(set(seen)) == 1 + 1 + 3000 + 2
+        assert seen.index("/flat") < min(i for i, p in enumerate(seen) if p.startswith("/flat/"))
+        if cache is not None:
+            assert flat_cached_after == 3000  # recorded only with its last row

@@ -29,6 +29,9 @@ CALLERS = {
 # operation -> (query params, JSON body, status for a caller that may use it)
 SAMPLES: dict[str, tuple[dict, object, int]] = {
     "GET /": ({}, None, 200),
+    "GET /ui": ({}, None, 200),
+    "GET /api/v1/me": ({}, None, 200),
+    "GET /metrics": ({}, None, 200),
     "GET /api/v1/views/{view_id}/tree": ({"path": "/", "max_depth": 1}, None, 200),
     "GET /api/v1/views/{view_id}/stats": ({"path": "/"}, None, 200),
     "GET /api/v1/views/{view_id}/search": ({"pattern": "*.txt"}, None, 200),
@@ -68,7 +71,7 @@ def expected(scope: str, caller: str, path: str, allowed_status: int) -> int:
         return 401
     if scope == "any":
         return allowed_status
-    if scope == "admin":
+    if scope in ("admin", "metrics"):  # metrics: no key only if configured public (it is not)
         return allowed_status if caller == "admin key" else 403
     if scope == "query":
         return allowed_status if caller in ("query key", "admin key") else 403
@@ -165,8 +168,12 @@ async def test_the_holes_found_in_the_field_are_closed(fusion_app):
 
 def policy(method: str, path: str) -> str:
     """The access model in one place: what each family of routes must declare."""
-    if path == "/":
-        return "public"
+    if path in ("/", "/ui"):
+        return "public"  # the page itself; everything it shows needs a key
+    if path == "/api/v1/me":
+        return "any"  # tells a key only its own scope
+    if path == "/metrics":
+        return "metrics"  # figures of every view and agent: admin, or public on loopback
     if path.startswith("/api/v1/management/"):
         return "admin"
     if path.startswith("/api/v1/views/"):

@@ -14,6 +14,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import ClientDisconnect
 
 from fustor.errors import BadPayloadError, MalformedJsonError
 from fustor.fusion.auth import principal, requires
@@ -77,7 +78,10 @@ def validation_message(exc: ValidationError) -> str:
 
 async def parse(request: Request, model: type[BaseModel] | None = None, *, tolerant: bool = False) -> dict:
     """The JSON body as plain dicts, checked against ``model`` (422 naming the field)."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # the client went away mid-body: nothing to apply, no answer read
+        raise MalformedJsonError("the request body ended early: the client disconnected") from None
     try:
         obj = loads(raw) if raw else {}
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting thousands deep
