@@ -22,6 +22,10 @@ from fustor.fusion.core import Fusion
 
 log = logging.getLogger("fustor.fusion")
 
+# idle keep-alive connections stay open longer than any client keeps one idle (httpx: 5 s,
+# the agent: 60 s), so a client never sends a request on a socket the server is closing
+KEEP_ALIVE_S = 65
+
 
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to us (several share one process)."""
@@ -65,6 +69,7 @@ def listen(host: str, port: int) -> socket.socket:
 def _receiver_server(fusion: Fusion, host: str, port: int, log_level: str) -> _Server:
     return _Server(uvicorn.Config(create_receiver_app(fusion), host=host, port=port,
                                   log_level=log_level, lifespan="off", access_log=False,
+                                  timeout_keep_alive=KEEP_ALIVE_S,
                                   **_tls(fusion.cfg)))
 
 
@@ -92,7 +97,8 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
     are up and is cancelled at shutdown.
     """
     main = _Server(uvicorn.Config(create_app(fusion), host=host, port=port, log_level=log_level,
-                                  lifespan="on", access_log=False, **_tls(fusion.cfg)))
+                                  lifespan="on", access_log=False,
+                                  timeout_keep_alive=KEEP_ALIVE_S, **_tls(fusion.cfg)))
     servers = [main]
     receivers: dict[int, _Server] = {}
     sockets: dict[_Server, socket.socket] = {}
