@@ -3,6 +3,7 @@ push is answered (and on disk) while a big suspect sweep is still running."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -64,3 +65,49 @@ async def test_realtime_push_is_answered_while_a_100k_suspect_sweep_runs(tmp_pat
         await until(lambda: _suspects_left(view) == 0, what="the sweep to finish")
         with view.store.read() as rd:
             assert not rd.get(keys.normalise("/restore/d099/f099999")).integrity_suspect
+
+
+async def test_realtime_pushes_are_answered_while_an_audit_end_judges_100k_children(tmp_path):
+    f = make_fusion(tmp_path)
+    view = f.views["research"]
+    n = 100_000
+    files = [{"path": f"/big/f{i:06d}", "size": 1, "modified_time": 1000.0,
+              "created_time": 1000.0, "is_directory": False} for i in range(n)]
+    top = [{"path": "/big", "size": 0, "modified_time": 1000.0, "created_time": 1000.0,
+            "is_directory": True}]
+
+    async def push(c, sid, rows, source, kind, end=False):
+        body = {"source_type": kind, "is_end": end, "events": [{
+            "event_type": "update", "event_schema": "fs", "table": "files",
+            "fields": list((rows or top)[0]), "rows": rows, "message_source": source}]}
+        r = await c.post(f"/api/v1/pipe/ingest/{sid}/events", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async with live_server(f) as url, httpx.AsyncClient(
+            base_url=url, headers={"X-API-Key": INGEST}, timeout=120) as c:
+        sid = (await c.post("/api/v1/pipe/session/", json={"task_id": "h:research"})).json()["session_id"]
+        await push(c, sid, top, "snapshot", "snapshot")
+        for i in range(0, n, 5000):
+            await push(c, sid, files[i:i + 5000], "snapshot", "snapshot")
+        # an audit that saw all but the last 1,000 files
+        await push(c, sid, top, "audit", "audit")
+        seen = files[:n - 1000]
+        for i in range(0, len(seen), 5000):
+            await push(c, sid, seen[i:i + 5000], "audit", "audit")
+        end = asyncio.create_task(push(c, sid, [], "audit", "audit", end=True))
+        answered_meanwhile = 0
+        for i in range(10_000):  # bounded: ends with the audit end at the latest
+            if end.done():
+                break
+            await push(c, sid, [{"path": f"/live/f{i}", "size": 1, "modified_time": 1000.0,
+                                 "created_time": 1000.0, "is_directory": False}],
+                       "realtime", "message")
+            answered_meanwhile += not end.done()
+        assert (await end)["phase"] == "audit_end"
+        assert answered_meanwhile >= 3, answered_meanwhile
+        with view.store.read() as r:
+            st = r.stats(keys.normalise("/big"))
+            assert st.file_count == n - 1000
+            assert r.count(r.dbs.blind_deletions) == 1000
+        assert view.state.last_audit_start is None and view.state.audit_cycle_count == 1

@@ -130,7 +130,14 @@ class FsView:
         await self.run(rules.audit_start)
 
     async def audit_end(self) -> int:
-        return await self.run(rules.audit_end)
+        """Close the open audit cycle in bounded write jobs (``audit_end_step``), each queued
+        after the previous one committed; returns the number of paths judged missing."""
+        missing, cursor, done = 0, None, False
+        while not done:
+            n, cursor, done = await self.run(
+                lambda w, st, c=cursor: rules.audit_end_step(w, st, c))
+            missing += n
+        return missing
 
     async def session_start(self) -> None:
         await self.run(rules.session_start)
