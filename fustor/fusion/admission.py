@@ -92,8 +92,7 @@ class Admission:
         self._paused_until = 0.0
         self._refused: dict[tuple, float] = {}
         self.refused_total = 0
-        self._spare: int | None = None
-        self._take_spare()
+        self._spare: int | None = None  # taken when a listener is guarded
 
     def log_start(self, data_dir: Path, soft_before: int | None = None) -> None:
         """One line: the limit (and whether it was raised), what the stores hold."""
@@ -123,6 +122,10 @@ class Admission:
                 self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 self._spare = None
+
+    def close(self) -> None:
+        """Give the spare descriptor back (fusion stops)."""
+        self._give_spare()
 
     def _give_spare(self) -> bool:
         if self._spare is None:
@@ -206,6 +209,7 @@ def guard(sock: socket.socket, admission: Admission) -> GuardedSocket:
     g = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     g.admission = admission
     g.set_inheritable(True)
+    admission._take_spare()
     return g
 
 

@@ -159,6 +159,7 @@ class Fusion:
         for v in self.views.values():
             v.close()
         self.views.clear()
+        self.admission.close()
         self.actions.sync()
         self._lock.release()
 
