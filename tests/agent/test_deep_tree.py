@@ -5,6 +5,7 @@ ancestors are watched (a scoped audit) climbs them without recursion."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -14,6 +15,14 @@ from tests.agent.conftest import collect, has_update
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the inotify backend is Linux's")
 
 DEPTH = 2000
+
+
+@pytest.fixture
+def root(root):
+    yield root
+    # shutil.rmtree (pytest's own clean-up of old temp dirs included) recurses once per
+    # level and fails 2,000 levels down; GNU rm walks without recursion
+    subprocess.run(["rm", "-rf", str(root / "d")], check=True, timeout=120)
 
 
 def deep_tree(root) -> str:
