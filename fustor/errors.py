@@ -21,6 +21,9 @@
         ├── StoreBusyError             the writer queue is full (back-pressure) 503 store_busy (retryable)
         └── StoreClosedError           the store was closed                     503 store_closed
 
+A connection accepted while the open-files limit is near is answered 503
+``too_many_connections`` (retryable) by ``fusion/admission.py``, in the same shape.
+
 The HTTP layer turns any of these into ``{"detail": message, "code": code}`` with
 ``status`` (503s carry ``Retry-After``); the CLI prints ``error: message`` on
 stderr and exits non-zero.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -36,12 +37,18 @@ def wait_until(cond, timeout: float = 20.0, interval: float = 0.02, what: str = 
 class Proc:
     """A child process whose output goes to a file; stopped with SIGTERM (then SIGKILL)."""
 
-    def __init__(self, args: list[str], home: Path, log: Path, env: dict | None = None) -> None:
+    def __init__(self, args: list[str], home: Path, log: Path, env: dict | None = None,
+                 nofile: tuple[int, int] | None = None) -> None:
         self.log_path = log
         self._log = open(log, "ab")
         full_env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
+
+        def limit() -> None:  # in the child, before exec: (soft, hard) RLIMIT_NOFILE
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.p = subprocess.Popen([sys.executable, "-m", "fustor.cli", *args], env=full_env,
-                                  stdout=self._log, stderr=subprocess.STDOUT)
+                                  stdout=self._log, stderr=subprocess.STDOUT,
+                                  preexec_fn=limit if nofile else None)
 
     def output(self) -> str:
         if not self._log.closed:

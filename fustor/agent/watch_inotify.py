@@ -228,20 +228,32 @@ class InotifyWatcher(Watcher):
             return self._arm_path(abs_path)
 
     def _arm_path(self, path: str) -> int | None:
-        wd = self._add(path)
-        if wd is None or wd in self._table:
-            return wd
-        if path == self.paths.root:
-            self._table[wd] = f"{ROOT_PARENT}/"
-            self._root_wd = wd
-            return wd
-        parent = os.path.dirname(path)
-        pwd = self._arm_path(parent) if self.paths.inside(parent) else None
-        if pwd is None:
-            self._rm(wd)
-            return None
-        self._table[wd] = f"{pwd}/{os.path.basename(path)}"
-        return wd
+        """Watch ``path`` and every unwatched directory above it up to the root, placing
+        each under its parent; climbs with a list (a tree may be ~2,000 levels deep)."""
+        chain: list[tuple[str, int]] = []  # (path, wd) just added, deepest first
+        pwd: int | None = None
+        while True:
+            wd = self._add(path)
+            if wd is None or wd in self._table:
+                pwd = wd
+                break
+            if path == self.paths.root:
+                self._table[wd] = f"{ROOT_PARENT}/"
+                self._root_wd = wd
+                pwd = wd
+                break
+            chain.append((path, wd))
+            parent = os.path.dirname(path)
+            if len(chain) > MAX_DEPTH or not self.paths.inside(parent):
+                break
+            path = parent
+        for p, wd in reversed(chain):
+            if pwd is None:
+                self._rm(wd)
+                continue
+            self._table[wd] = f"{pwd}/{os.path.basename(p)}"
+            pwd = wd
+        return pwd
 
     def arm_child(self, abs_path: str, parent: int) -> int | None:
         with self._lock:

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fustor.errors import FustorError, NotReadyError, StoreBusyError, StoreFullError
+from fustor.fusion.admission import REFUSED_CODE, RefuseMiddleware
 from fustor.fusion.api import ingest, management, metrics, pages, views
 from fustor.fusion.api.ingest import json_response
 from fustor.fusion.auth import requires, undeclared_routes
@@ -116,6 +117,8 @@ def _app(fusion: Fusion, title: str, routers: list, lifespan=None) -> FastAPI:
         raise RuntimeError(f"routes without a declared scope: {', '.join(missing)}")
     app.add_middleware(BodyLimit, limit=fusion.cfg.max_body_bytes)
     app.add_middleware(metrics.Timing)
+    app.add_middleware(RefuseMiddleware, admission=fusion.admission,  # outermost: runs first
+                       on_refuse=lambda: fusion.metrics.unavailable.labels(REFUSED_CODE).inc())
     return app
 
 

@@ -70,14 +70,22 @@ from dataclasses import dataclass, field
 
 from fustor.clock import LogicalClock
 from fustor.errors import PathError
-from fustor.fusion.audit import audit_end, audit_start, begin_cycle, reset, session_start
-from fustor.fusion.suspects import MISSING, sweep_suspects, update_suspect
+from fustor.fusion.audit import (
+    audit_end,
+    audit_end_step,
+    audit_start,
+    begin_cycle,
+    reset,
+    session_start,
+)
+from fustor.fusion.suspects import MISSING, sweep_chunk, sweep_suspects, update_suspect
 from fustor.fusion.view_state import ViewState
 from fustor.store import TreeWriter, keys
 
 __all__ = [
-    "EPS", "TEPS", "EventResult", "LogicalClock", "ViewState", "audit_end", "audit_start",
-    "process_event", "reset", "session_start", "sweep_suspects", "update_suspect",
+    "EPS", "TEPS", "EventResult", "LogicalClock", "ViewState", "audit_end", "audit_end_step",
+    "audit_start",
+    "process_event", "reset", "session_start", "sweep_chunk", "sweep_suspects", "update_suspect",
 ]
 
 EPS = 1e-6  # mtime equality

@@ -8,7 +8,8 @@ of those directories that were not reported are judged missing:
     audit row ──► auto-start (no cycle open) ──► mark nodes, record dirs
     audit_start ─► late (< 5 s after a start that already saw rows)? keep the cycle
                    otherwise a new cycle number, audit_dirs emptied
-    audit_end ──► purge tombstones older than the TTL
+    audit_end ──► (in bounded steps, one write job each: audit_end_step)
+              ──► purge tombstones older than the TTL
               ──► for each recorded dir that still is a non-silent dir:
                     each child not marked, not tombstoned, not confirmed by realtime
                     since the cycle started ──► delete (recursively), blind deletion
@@ -51,24 +52,60 @@ def audit_start(w: TreeWriter, st: ViewState) -> None:
     st.save(w)
 
 
+# children judged (directories looked at count as one) per write job of an audit end: a
+# 1M-entry view's end is ~hundreds of short jobs, so realtime pushes go in between
+AUDIT_END_CHUNK = 2000
+
+
 def audit_end(w: TreeWriter, st: ViewState) -> int:
-    """Close the open cycle: tombstone TTL purge, then missing-item detection.
+    """Close the open cycle in one job (tests, tools): every step of :func:`audit_end_step`.
     Returns the number of paths judged missing; without an open cycle does nothing."""
+    missing, cursor, done = 0, None, False
+    while not done:
+        n, cursor, done = audit_end_step(w, st, cursor, budget=None)
+        missing += n
+    return missing
+
+
+def audit_end_step(w: TreeWriter, st: ViewState, cursor: tuple | None = None,
+                   budget: int | None = AUDIT_END_CHUNK) -> tuple[int, tuple | None, bool]:
+    """One bounded job of closing the open cycle: tombstone TTL purge (first step), then
+    missing-item detection over the recorded directories, ``budget`` children per step.
+
+    ``cursor`` is None for the first step, then what the previous step returned (the cycle
+    being closed and where a big directory's listing stopped). Each recorded directory
+    leaves ``audit_dirs`` once judged, so the steps go on from the table itself. Returns
+    ``(missing, cursor, done)``; the last step closes the cycle. A step finding another
+    cycle (a session start replaced it meanwhile) ends without closing anything.
+    """
     st.sync(w)
     start = st.last_audit_start
     if start is None:
-        return 0
-    wall = st.now()
-    w.purge_tombstones(wall - st.tombstone_ttl_seconds)
-    cycle = st.audit_cycle
-    doomed: list[bytes] = []
-    for d in list(w.iter_audit_dirs()):
+        return 0, None, True
+    if cursor is None:
+        w.purge_tombstones(st.now() - st.tombstone_ttl_seconds)
+        cursor = (st.audit_cycle, None, None)
+    cycle, cur_dir, after = cursor
+    if cycle != st.audit_cycle:
+        return 0, None, True
+    missing = looked = 0
+    while budget is None or looked < budget:
+        d = next(iter(w.iter_audit_dirs()), None)
+        if d is None:
+            _close_cycle(w, st)
+            return missing, None, True
+        if d != cur_dir:
+            cur_dir, after = d, None
+        looked += 1
         parent = w.get(d)
         # Protections 1 and 2: silent dirs and dirs not reported this cycle (never
         # recorded) keep their children.
         if parent is None or not parent.is_dir or parent.audit_skipped:
+            w.discard_audit_dir(d)
             continue
-        for child in w.iter_children(d):
+        kids, after = w.children(d, after=after, limit=None if budget is None else budget - looked + 1)
+        looked += len(kids)
+        for child in kids:
             if child.audit_mark == cycle:
                 continue
             # Protection 4: realtime confirmed it after the scan began; its old
@@ -78,19 +115,23 @@ def audit_end(w: TreeWriter, st: ViewState) -> int:
             # Protection 3: realtime already knows about this path.
             if w.tombstone(child.path) is not None:
                 continue
-            doomed.append(child.path)
-    for p in doomed:
-        w.delete(p)  # drops the subtree's suspects and blind additions too
-        w.add_blind("deletions", p)
+            w.delete(child.path)  # drops the subtree's suspects and blind additions too
+            w.add_blind("deletions", child.path)
+            missing += 1
+        if after is None:
+            w.discard_audit_dir(d)
+    return missing, (cycle, cur_dir, after), False
+
+
+def _close_cycle(w: TreeWriter, st: ViewState) -> None:
     w.clear(w.dbs.audit_dirs)
     # Only now change the in-memory state: if a write above fails (map growth),
     # the job runs again and must still find its cycle open.
-    st.last_audit_finished_at = wall
+    st.last_audit_finished_at = st.now()
     st.audit_cycle_count += 1
     st.last_audit_start = None
     st.audit_rows_seen = 0
     st.save(w)
-    return len(doomed)
 
 
 def session_start(w: TreeWriter, st: ViewState) -> None:

@@ -329,6 +329,7 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
            targets: tuple[str, ...] = (), receiver_port: int | None = None) -> None:
     from fustor.config import fustor_home
     from fustor.errors import ConfigError
+    from fustor.fusion.admission import raise_open_files_limit
     from fustor.fusion.core import Fusion
     from fustor.fusion.server import serve as run
     from fustor.targets import legacy_notes, nothing_runs
@@ -358,10 +359,12 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
         logging.getLogger("fustor.config").info("ignored config key (not used by this fusion): %s", item)
     host = host or cfg.host
     port = port or cfg.port
+    soft_before = raise_open_files_limit()  # before the views open: ~3 descriptors each
     f = Fusion(cfg, data_dir)
     f.open()
 
     def ready() -> None:
+        f.admission.log_start(data_dir, soft_before)
         scheme = "https" if cfg.tls else "http"
         click.echo(f"fusion listening on {scheme}://{host}:{port} (data in {data_dir})")
         _print_keys(cfg, port)

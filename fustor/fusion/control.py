@@ -142,7 +142,8 @@ class ControlPlane:
         out = {"generated_at": time.time(), "fusion": {
                    "started_at": f.started_at, "uptime_seconds": round(time.time() - f.started_at, 1),
                    "version": _version(), "views": len(f.views), "sessions": len(sm.sessions),
-                   "tls": f.cfg.tls, "config_files": list(f.cfg.files)},
+                   "tls": f.cfg.tls, "config_files": list(f.cfg.files),
+                   "open_files": f.admission.figures(f.data_dir)},
                "views": views, "agents": self.agents(), "pipes": pipes, "receivers": receivers}
         return out, trees
 

@@ -24,6 +24,7 @@ from fustor.errors import (
     NotReadyError,
 )
 from fustor.fusion.action_log import ActionLog
+from fustor.fusion.admission import Admission
 from fustor.fusion.auth import KeyTable, Principal, check
 from fustor.fusion.control import ControlPlane
 from fustor.fusion.fleet import Fleet, realtime_coverage
@@ -56,6 +57,8 @@ class Fusion:
         self._tasks: list[asyncio.Task] = []
         self.counters = {"events_received": 0, "events_processed": 0, "errors": 0}
         self.metrics = FusionMetrics(self)
+        # descriptors left for connections (read the limit after raising it)
+        self.admission = Admission()
 
     # -- lifecycle ----------------------------------------------------------------
     def open(self) -> None:
@@ -156,6 +159,7 @@ class Fusion:
         for v in self.views.values():
             v.close()
         self.views.clear()
+        self.admission.close()
         self.actions.sync()
         self._lock.release()
 

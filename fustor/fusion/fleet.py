@@ -20,8 +20,8 @@ in the management audit log.
 
 from __future__ import annotations
 
-import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -187,7 +187,8 @@ class Fleet:
     # -- commands and upgrades --------------------------------------------------------
     def new_command(self, agent_id: str, kind: str, args: dict, by: str,
                     sessions: list[Session]) -> Command:
-        c = Command(secrets.token_hex(6), agent_id, kind, dict(args), by,
+        # agents run each command_id once: an id must never come back (128 random bits)
+        c = Command(uuid.uuid4().hex, agent_id, kind, dict(args), by,
                     {s.session_id for s in sessions})
         self.commands[c.command_id] = c
         self._trim()

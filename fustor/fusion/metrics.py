@@ -7,7 +7,8 @@ Counted as things happen (cheap, on the request path):
     fustor_commit_seconds{view,member}           hand-over to the tree's writer → commit
                                                  (queue wait included; histogram)
     fustor_http_unavailable_total{reason}        503 answers, by error code (view_not_ready,
-                                                 store_busy, store_full, store_closed)
+                                                 store_busy, store_full, store_closed,
+                                                 too_many_connections)
     fustor_http_request_seconds{method,route}    HTTP latency by route template (histogram)
     fustor_http_requests_total{method,route,status}
 
@@ -19,6 +20,8 @@ Read when scraped (each is O(1) per tree: one aggregate record, table sizes):
     fustor_view_snapshot_complete{view,member}        1 once a snapshot completed
     fustor_sessions{view,role}                        agent sessions by election key and role
     fustor_agent_heartbeat_age_seconds{agent}         since each agent's last heartbeat
+    fustor_open_files / fustor_open_files_limit       descriptors held / the soft limit
+    fustor_store_open_files                           descriptors held by stores (~3 per tree)
 
 A forest view's trees carry ``member`` = the pipe id; an fs view's carry ``member=""``.
 One registry per :class:`~fustor.fusion.core.Fusion` (never the process-wide default),
@@ -137,4 +140,15 @@ class _State:
         for aid, a in sorted(f.fleet.agents.items()):
             if a.last_heartbeat is not None:
                 beat.add_metric([aid], round(now - a.last_heartbeat, 3))
-        return [files, dirs, size, disk, mapped, queue, snap, sessions, beat]
+        fds = f.admission.figures(f.data_dir)
+        open_files = GaugeMetricFamily("fustor_open_files", "File descriptors the fusion "
+                                       "process holds")
+        open_files.add_metric([], fds["in_use"])
+        limit = GaugeMetricFamily("fustor_open_files_limit", "Soft RLIMIT_NOFILE of the fusion "
+                                  "process (raised to the hard limit at start)")
+        limit.add_metric([], fds["soft_limit"])
+        held = GaugeMetricFamily("fustor_store_open_files", "File descriptors held by open "
+                                 "stores (~3 per tree)")
+        held.add_metric([], fds["held_by_stores"])
+        return [files, dirs, size, disk, mapped, queue, snap, sessions, beat, open_files, limit,
+                held]

@@ -17,6 +17,7 @@ import uvicorn
 
 from fustor.config import FusionConfig, enabled_pipes
 from fustor.errors import ReloadRefusedError
+from fustor.fusion.admission import guard
 from fustor.fusion.app import create_app, create_receiver_app
 from fustor.fusion.core import Fusion
 
@@ -103,12 +104,12 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
     receivers: dict[int, _Server] = {}
     sockets: dict[_Server, socket.socket] = {}
     try:
-        sockets[main] = listen(host, port)
+        sockets[main] = guard(listen(host, port), fusion.admission)
         for rhost, rport in receiver_ports(fusion.cfg):
             if rport != port:
                 receivers[rport] = srv = _receiver_server(fusion, rhost, rport, log_level)
                 servers.append(srv)
-                sockets[srv] = listen(rhost, rport)
+                sockets[srv] = guard(listen(rhost, rport), fusion.admission)
     except OSError:
         for sock in sockets.values():
             sock.close()
@@ -137,7 +138,7 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
         opened: dict[int, socket.socket] = {}
         try:  # every new port first: a busy one refuses the reload before anything changes
             for rport in [p for p in want if p not in receivers]:
-                opened[rport] = listen(want[rport], rport)
+                opened[rport] = guard(listen(want[rport], rport), fusion.admission)
         except OSError as exc:
             for sock in opened.values():
                 sock.close()

@@ -22,7 +22,6 @@ session). Leadership moves only when the leader's session ends.
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -192,7 +191,9 @@ class SessionManager:
                    targets: list[Session] | None = None, extra: dict | None = None) -> Job:
         """Queue a scan of ``path`` on every session of election ``key`` (or on ``targets``)."""
         targets = self.for_key(key) if targets is None else targets
-        job = Job(secrets.token_hex(4), view_id, path, recursive, {s.session_id for s in targets})
+        # 128 random bits: ids never repeat however many jobs a fusion starts (8 hex
+        # digits collided within ~100k jobs)
+        job = Job(uuid.uuid4().hex, view_id, path, recursive, {s.session_id for s in targets})
         self.jobs[job.job_id] = job
         for s in targets:
             s.pending_scans.add(path)

@@ -9,6 +9,8 @@
                                    ──missing again──► node deleted, blind deletion
                                    ──seen (sentinel/realtime)──► back to the rules above
 
+The sweep settles due entries in chunks of ``SWEEP_CHUNK``, one write job each.
+
 Expiry is wall-clock epoch seconds (not monotonic as upstream) because it is
 stored and must mean the same after a restart.
 """
@@ -27,19 +29,37 @@ EPS = 1e-6
 MISSING = float("-inf")
 
 
-def sweep_suspects(w: TreeWriter, st: ViewState) -> int:
-    """Settle every suspect whose expiry has passed: a file whose mtime did not move
+# entries one sweep job settles at most (~7 µs each): the writer is held for a few
+# milliseconds, and a realtime push waits for one chunk, never for the whole sweep
+SWEEP_CHUNK = 1000
+
+
+def sweep_suspects(w: TreeWriter, st: ViewState, limit: int | None = None) -> int:
+    """Settle suspects whose expiry has passed: a file whose mtime did not move
     since it was listed is cleared; one still changing is renewed for a full
     threshold with its new mtime. Logical age is not looked at, so a file with a
-    future mtime clears after one stable period. Returns the number cleared."""
+    future mtime clears after one stable period. Returns the number cleared.
+
+    With ``limit``, at most that many entries are settled (one bounded write job);
+    :func:`sweep_more` says whether another chunk is due."""
+    return sweep_chunk(w, st, limit)[0]
+
+
+def sweep_chunk(w: TreeWriter, st: ViewState, limit: int | None = SWEEP_CHUNK) -> tuple[int, bool]:
+    """One sweep job: ``(cleared, more)``, where ``more`` says that due entries may remain
+    (the caller queues the next chunk as a new job, so other writes run in between)."""
     wall = st.now()
     renew_until = wall + st.hot_file_threshold
-    cleared = 0
+    cleared = settled = 0
     while True:
-        due = w.due_suspects(wall)
+        room = None if limit is None else limit - settled
+        if room is not None and room <= 0:
+            return cleared, st.hot_file_threshold > 0
+        due = w.due_suspects(wall, limit=min(room or 10_000, 10_000))
         if not due:
-            return cleared
+            return cleared, False
         for path in due:
+            settled += 1
             entry = w.suspect(path)
             if entry is None:
                 continue
@@ -57,7 +77,7 @@ def sweep_suspects(w: TreeWriter, st: ViewState) -> int:
                 w.put_flags(node)
                 cleared += 1
         if st.hot_file_threshold <= 0:  # renewed entries would be due again at once
-            return cleared
+            return cleared, False
 
 
 def _valid_size(size) -> bool:

@@ -1,9 +1,15 @@
+import asyncio
+import contextlib
+import time
+
 import httpx
 import pytest
+import uvicorn
 
 from fustor.config import load_fusion_config
 from fustor.fusion.app import create_app
 from fustor.fusion.core import Fusion
+from tests.procs import free_port
 
 INGEST = "ingest-key-a"
 INGEST_B = "ingest-key-b"
@@ -56,3 +62,38 @@ def batch(events, source_type="snapshot", is_end=False, metadata=None):
     if metadata is not None:
         b["metadata"] = metadata
     return b
+
+
+class _Server(uvicorn.Server):
+    def capture_signals(self):  # pytest owns the signals
+        return contextlib.nullcontext()
+
+
+async def until(cond, timeout: float = 30.0, what: str = "condition"):
+    """Wait (without blocking the event loop) until ``cond()`` is true, or fail at the deadline."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        last = cond()
+        if last:
+            return last
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def live_server(fusion: Fusion, **config):
+    """The real app (background loops included) behind uvicorn on 127.0.0.1, in this event
+    loop; yields its base URL and stops the server and the fusion on exit."""
+    port = free_port()
+    server = _Server(uvicorn.Config(create_app(fusion), host="127.0.0.1", port=port,
+                                    lifespan="on", log_level="warning", log_config=None,
+                                    **config))
+    task = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started or task.done(), what="the server")
+        assert server.started, task.exception()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+        await fusion.stop()

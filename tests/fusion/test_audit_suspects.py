@@ -469,3 +469,42 @@ def test_a_rolled_back_job_runs_again_with_the_state_it_had(view, wall):
     assert view.audit_end() == 2  # the retry still finds its cycle open
     assert view.st.audit_cycle_count == 1
     assert view.blind("deletions") == {"/d/b", "/d/sub"}
+
+
+def _audit_with_gaps(view, wall):
+    """Three audited directories of 10 files; the audit missed f3 and f7 of each."""
+    for d in ("/a", "/b", "/c"):
+        view.upsert("snapshot", d, 1000.0, is_dir=True)
+        view.event("snapshot", "update", [{"path": f"{d}/f{i}", "modified_time": 1000.0,
+                                           "size": 1} for i in range(10)])
+    wall.advance(1)
+    for d in ("/a", "/b", "/c"):
+        view.upsert("audit", d, 1000.0, is_dir=True)
+        view.event("audit", "update", [{"path": f"{d}/f{i}", "modified_time": 1000.0, "size": 1}
+                                       for i in range(10) if i not in (3, 7)])
+
+
+def test_audit_end_in_small_steps_judges_exactly_what_one_job_does(make_view, wall):
+    whole, steps = make_view(), make_view()
+    _audit_with_gaps(whole, wall)
+    _audit_with_gaps(steps, wall)
+    assert whole.audit_end() == 6
+    cursor, done, missing, jobs = None, False, 0, 0
+    while not done:  # 3 children per job: directories are listed across jobs
+        n, cursor, done = steps.run(rules.audit_end_step, cursor, 3)
+        missing += n
+        jobs += 1
+        assert jobs < 100
+    assert missing == 6 and jobs > 10
+    assert steps.paths() == whole.paths() and steps.blind("deletions") == whole.blind("deletions")
+    assert steps.st.last_audit_start is None and steps.st.audit_cycle_count == 1
+    steps.check()
+
+
+def test_a_session_start_between_audit_end_steps_stops_the_end(view, wall):
+    _audit_with_gaps(view, wall)
+    n, cursor, done = view.run(rules.audit_end_step, None, 3)
+    assert not done
+    view.session_start()  # drops the open cycle
+    assert view.run(rules.audit_end_step, cursor, 3) == (0, None, True)
+    assert view.st.audit_cycle_count == 0

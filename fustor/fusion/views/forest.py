@@ -10,6 +10,7 @@ under a directory, descending only into subtrees whose aggregates differ.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -130,14 +131,38 @@ class ForestView:
             tops = {n: r.get(top) for n, r in readers.items()}
             if not any(tops.values()):
                 raise NotFoundError(f"path {path!r} is in no member")
-            more = self._compare_dir(readers, top, mtime, recursive, limit, after_parts, out)
+            more = self._compare(readers, top, mtime, recursive, limit, after_parts, out)
         result = {"path": keys.display(top), "members": names, "differences": out,
                   "next_after": out[-1]["path"] if more and out else None}
         return result
 
-    def _compare_dir(self, readers: dict, d: bytes, mtime: bool, recursive: bool, limit: int,
-                     after: list[bytes] | None, out: list[dict]) -> bool:
-        """Append differences under ``d``; True when ``limit`` cut the listing short.
+    def _compare(self, readers: dict, top: bytes, mtime: bool, recursive: bool, limit: int,
+                 after: list[bytes] | None, out: list[dict]) -> bool:
+        """Append differences under ``top`` in path order; True when ``limit`` cut the
+        listing short. Descends with a stack of per-directory iterators, so any depth works."""
+        stack = [self._differing_children(readers, top, mtime)]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            p, nodes, why, descend = item
+            parts = p.split(b"/")
+            if after is not None and parts < after[: len(parts)]:
+                continue  # this whole subtree comes before the page start
+            if after is None or parts > after:
+                if len(out) >= limit:
+                    return True
+                aggs = ({n: readers[n].stats(p) for n in nodes} if why == "subtree" else None)
+                out.append(self._entry(readers, p, nodes, why, aggs))
+            if descend and recursive:
+                stack.append(self._differing_children(readers, p, mtime))
+        return False
+
+    @staticmethod
+    def _differing_children(readers: dict, d: bytes, mtime: bool) -> Iterator[tuple]:
+        """``(path, nodes by member, difference, descend)`` of the children of ``d`` that
+        differ, in key order.
 
         Children are grouped by key and compared as raw records (size and mtime bytes
         of files, aggregate bytes of directories); only differing ones are decoded.
@@ -169,7 +194,6 @@ class ForestView:
                     kids.setdefault(k, {})[n] = v
         for key in sorted(kids):
             have = kids[key]
-            p = None
             flags = {v[0] & IS_DIR for v in have.values()}
             descend = False
             why = None
@@ -187,19 +211,7 @@ class ForestView:
             if why is None:
                 continue
             nodes = {n: unpack_node(key, v) for n, v in have.items()}
-            p = next(iter(nodes.values())).path
-            parts = p.split(b"/")
-            if after is not None and parts < after[: len(parts)]:
-                continue  # this whole subtree comes before the page start
-            if after is None or parts > after:
-                if len(out) >= limit:
-                    return True
-                aggs = ({n: readers[n].stats(p) for n in nodes} if why == "subtree" else None)
-                out.append(self._entry(readers, p, nodes, why, aggs))
-            if descend and recursive:
-                if self._compare_dir(readers, p, mtime, recursive, limit, after, out):
-                    return True
-        return False
+            yield next(iter(nodes.values())).path, nodes, why, descend
 
     @staticmethod
     def _entry(readers: dict, p: bytes, have: dict, why: str, aggs: dict | None = None) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fustor.errors import BadQueryError, NotFoundError, PathError, TooManyItemsError
 from fustor.fusion import arbitration as rules
+from fustor.fusion.suspects import SWEEP_CHUNK
 from fustor.store import Node, Store, keys
 from fustor.store.state import SUSPECT_DIRS
 
@@ -129,13 +130,28 @@ class FsView:
         await self.run(rules.audit_start)
 
     async def audit_end(self) -> int:
-        return await self.run(rules.audit_end)
+        """Close the open audit cycle in bounded write jobs (``audit_end_step``), each queued
+        after the previous one committed; returns the number of paths judged missing."""
+        missing, cursor, done = 0, None, False
+        while not done:
+            n, cursor, done = await self.run(
+                lambda w, st, c=cursor: rules.audit_end_step(w, st, c))
+            missing += n
+        return missing
 
     async def session_start(self) -> None:
         await self.run(rules.session_start)
 
-    async def sweep_suspects(self) -> int:
-        return await self.run(rules.sweep_suspects)
+    async def sweep_suspects(self, chunk: int = SWEEP_CHUNK) -> int:
+        """Settle every due suspect, ``chunk`` entries per write job: each job is queued
+        after the previous one committed, so pushes queued meanwhile go first and wait
+        for one chunk at most. Returns the number cleared."""
+        cleared = 0
+        more = True
+        while more:
+            n, more = await self.run(lambda w, st: rules.sweep_chunk(w, st, chunk))
+            cleared += n
+        return cleared
 
     async def update_suspects(self, updates: list[dict]) -> int:
         """Apply re-stat results; an item without a usable path and mtime is skipped
