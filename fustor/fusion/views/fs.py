@@ -137,6 +137,16 @@ class FsView:
     async def sweep_suspects(self) -> int:
         return await self.run(rules.sweep_suspects)
 
+    def tombstones_due(self, wall: float) -> bool:
+        with self.store.read() as r:
+            return r.tombstones_due(wall - self.state.tombstone_ttl_seconds)
+
+    async def purge_tombstones(self) -> int:
+        """Purge one bounded chunk of tombstones older than the TTL (what an audit end
+        left over when many expired at once)."""
+        return await self.run(
+            lambda w, st: w.purge_tombstones(st.now() - st.tombstone_ttl_seconds), save=False)
+
     async def update_suspects(self, updates: list[dict]) -> int:
         """Apply re-stat results; an item without a usable path and mtime is skipped
         (the sentinel protocol says so), never an error for the rest."""
