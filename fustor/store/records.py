@@ -116,12 +116,17 @@ def entry_digests(path: bytes, is_dir: bool, size: int, mtime: float) -> tuple[i
     (it differs between file systems for the same content, as in ``total_size``)."""
     if is_dir:
         size = 0
-    b2 = hashlib.blake2b
     head = path + b"\0"
     return (
-        int.from_bytes(b2(head + _ENTRY.pack(is_dir, size, mtime), digest_size=16).digest(), "little"),
-        int.from_bytes(b2(head + _ENTRY_NOMTIME.pack(is_dir, size), digest_size=16).digest(), "little"),
+        _int(_b2(head + _entry(is_dir, size, mtime), digest_size=16).digest(), "little"),
+        _int(_b2(head + _entry_nomtime(is_dir, size), digest_size=16).digest(), "little"),
     )
+
+
+_b2 = hashlib.blake2b
+_int = int.from_bytes
+_entry = _ENTRY.pack
+_entry_nomtime = _ENTRY_NOMTIME.pack
 
 
 # byte ranges of a node record, for comparing records without decoding them

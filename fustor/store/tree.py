@@ -360,7 +360,17 @@ class TreeWriter(TreeReader, StateWrites):
             if node.path != keys.ROOT:
                 self._acc(parent, 0, 1, 0, m, None, dig, dnm, 1)
         else:
-            self._acc(parent, 1, 0, node.size, m, None, dig, dnm, 1)
+            e = self._pend.get(parent)
+            if e is None:
+                self._acc(parent, 1, 0, node.size, m, None, dig, dnm, 1)
+            else:  # the common case of a crawl: _acc inlined
+                e[0] += 1
+                e[2] += node.size
+                if m > e[3]:
+                    e[3] = m
+                e[5] += dig
+                e[6] += dnm
+                e[7] += 1
         if node.path != keys.ROOT and self._dirs[parent]:
             self._index_put(parent, node.path, m)
         # (node created: hooks of other derived tables go here)

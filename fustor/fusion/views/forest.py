@@ -5,7 +5,8 @@ arbitration, tombstones, suspects, blind spots, audit cycle, clock — with its 
 leader election under the key ``"<view>:<pipe>"``. The forest only answers
 questions across members: per-member stats of a path (and which member is
 "best"), the best member's tree, and ``compare``: what differs between members
-under a directory, descending only into subtrees whose aggregates differ.
+under a directory, descending only into subtrees whose digests differ (exact, and
+the cost is the differences, not the files; see ``fustor/store/README.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pathlib import Path
 from fustor.errors import BadQueryError, FustorError, NotFoundError
 from fustor.fusion.views.fs import FsView, node_json
 from fustor.store import keys
-from fustor.store.records import AGG_COUNTS, IS_DIR, NODE_SIZE, NODE_SIZE_AND_MTIME, unpack_node
+from fustor.store.compare import tally
+from fustor.store.records import (
+    AGG_DIGEST,
+    AGG_DIGEST_NOMTIME,
+    IS_DIR,
+    NODE_SIZE,
+    NODE_SIZE_AND_MTIME,
+    unpack_node,
+)
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
 EPS = 1e-6
@@ -107,13 +116,19 @@ class ForestView:
         return {"path": path, "members": out}
 
     def compare(self, path: str = "/", *, members: list[str] | None = None, mtime: bool = True,
-                recursive: bool = True, limit: int = 1000, after: str | None = None) -> dict:
-        """Entries under ``path`` whose presence, size or mtime differ between members.
+                recursive: bool = True, limit: int = 1000, after: str | None = None,
+                reference: str | None = None) -> dict:
+        """Entries under ``path`` whose presence, type, size or mtime differ between members.
 
-        Directories are compared by their subtree aggregates (file_count, dir_count,
-        total_size, and latest_mtime when ``mtime``); only differing ones are listed
-        and descended into. Results come in path order; pass ``next_after`` back as
-        ``after`` for the next page.
+        Directories are compared by their subtree digests (without mtimes when
+        ``mtime`` is false): equal digests mean equal subtrees, so only differing
+        directories are listed ("subtree") and descended into. Results come in path
+        order; pass ``next_after`` back as ``after`` for the next page.
+
+        ``summary`` says, for every member but the ``reference`` (default: the member
+        with the most files under ``path``), exactly how many files and directories of
+        the reference it lacks, how many it has extra, and how many of both differ
+        (size or mtime; a directory by its own mtime), whatever ``limit`` is.
         """
         current = self.members
         names = sorted(members or current)
@@ -130,10 +145,42 @@ class ForestView:
             tops = {n: r.get(top) for n, r in readers.items()}
             if not any(tops.values()):
                 raise NotFoundError(f"path {path!r} is in no member")
-            more = self._compare_dir(readers, top, mtime, recursive, limit, after_parts, out)
+            ref = self._reference(readers, top, reference)
+            digest = AGG_DIGEST if mtime else AGG_DIGEST_NOMTIME
+            if self._same_subtree(readers, top, digest):
+                more = False  # the usual answer for complete copies, in O(members)
+            else:
+                more = self._compare_dir(readers, top, mtime, recursive, limit, after_parts, out)
+            summary = {n: tally(readers[ref], readers[n], top, mtime)
+                       for n in names if n != ref}
         result = {"path": keys.display(top), "members": names, "differences": out,
-                  "next_after": out[-1]["path"] if more and out else None}
+                  "next_after": out[-1]["path"] if more and out else None,
+                  "reference": ref, "summary": summary}
         return result
+
+    @staticmethod
+    def _reference(readers: dict, top: bytes, reference: str | None) -> str:
+        if reference is not None:
+            if reference not in readers:
+                raise BadQueryError(f"reference {reference!r} is not one of the compared members")
+            return reference
+
+        def files(n: str) -> int:
+            st = readers[n].stats(top)
+            return -1 if st is None else st.file_count
+
+        return max(sorted(readers), key=files)  # ties: the first name
+
+    @staticmethod
+    def _same_subtree(readers: dict, top: bytes, digest: slice) -> bool:
+        key = keys.node_key(top)
+        seen = set()
+        for r in readers.values():
+            a = r.aggregate_raw(key)
+            if a is None:
+                return False
+            seen.add(bytes(a[digest]))
+        return len(seen) == 1
 
     def _compare_dir(self, readers: dict, d: bytes, mtime: bool, recursive: bool, limit: int,
                      after: list[bytes] | None, out: list[dict]) -> bool:
@@ -145,7 +192,7 @@ class ForestView:
         names = list(readers)
         lists = [list(readers[n].iter_children_raw(d)) for n in names]
         file_sig = NODE_SIZE_AND_MTIME if mtime else NODE_SIZE
-        agg_sig = slice(0, None) if mtime else AGG_COUNTS
+        agg_sig = AGG_DIGEST if mtime else AGG_DIGEST_NOMTIME
         total = len(readers)
         if all(len(x) == len(lists[0]) for x in lists) and all(
             x[-1][0] == lists[0][-1][0] and x[0][0] == lists[0][0][0] for x in lists if x
