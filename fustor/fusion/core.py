@@ -68,7 +68,8 @@ class Fusion:
     def _open_view(self, vid: str, vc) -> FsView | ForestView:
         params = dict(hot_file_threshold=vc.hot_file_threshold,
                       tombstone_ttl_seconds=vc.tombstone_ttl_seconds,
-                      max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items)
+                      max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items,
+                      settle_s=vc.settle_s)
         if vc.driver == "forest-fs":
             return ForestView(vid, self.data_dir / "views" / vid, self._forest_members(vid), **params)
         return FsView(vid, self.data_dir / "views" / f"{vid}.lmdb", **params)
@@ -117,6 +118,7 @@ class Fusion:
             if vid in wanted:
                 vc = wanted[vid]
                 view.max_tree_items = vc.max_tree_items
+                view.settle_s = vc.settle_s
                 view.state.hot_file_threshold = vc.hot_file_threshold
                 view.state.tombstone_ttl_seconds = vc.tombstone_ttl_seconds
                 view.state.max_nodes = vc.max_nodes

@@ -84,11 +84,13 @@ class ForestView:
         for pipe, m in sorted(self.members.items()):
             with m.store.read() as r:
                 s = r.stats(p)
+                settled = m.settled(r, p) if s is not None else None
             if s is None:
                 out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "error",
                             "message": f"path {path!r} is not in this member"})
             else:
-                out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "ok", **s.as_dict()})
+                out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "ok", **s.as_dict(),
+                            **settled})
         result = {"path": keys.display(p), "members": out, "best": None}
         if best:
             ok = [e for e in out if e["status"] == "ok"]
