@@ -438,13 +438,17 @@ class TreeWriter(TreeReader, StateWrites):
         dbs = self.dbs
         if keys.subtree_ranges(path)[0][1]:
             return self._delete_subtree_by_walk(path)
-        for k, v in list(self.iter_subtree(path, dbs.suspects)):
-            self._forget_suspect(k, v)  # while the nodes are there to say file or directory
-        removed = 0
-        for db in (dbs.nodes, dbs.aggregates, dbs.blind_additions, dbs.child_mtimes):
-            n = self._delete_range(path, db)
-            if db is dbs.nodes:
-                removed = n
+        stat = self.txn.stat
+        if stat(dbs.suspects)["entries"]:
+            for k, v in list(self.iter_subtree(path, dbs.suspects)):
+                self._forget_suspect(k, v)  # while the nodes are there to say file or directory
+        removed, dirs = self._delete_range(path, dbs.nodes, count_dirs=True)
+        if dirs:  # only directories have aggregates and child-mtime indexes
+            self._delete_range(path, dbs.aggregates)
+            if stat(dbs.child_mtimes)["entries"]:
+                self._delete_range(path, dbs.child_mtimes)
+        if stat(dbs.blind_additions)["entries"]:
+            self._delete_range(path, dbs.blind_additions)
         return removed
 
     def _delete_subtree_by_walk(self, path: bytes) -> int:
@@ -541,11 +545,14 @@ class TreeWriter(TreeReader, StateWrites):
         self.txn.delete(key, db=self.dbs.child_mtimes)
         self._dirs[d] = False
 
-    def _delete_range(self, path: bytes, db) -> int:
+    def _delete_range(self, path: bytes, db, count_dirs: bool = False):
+        """Delete ``path``'s strict descendants from ``db``; returns how many (and, with
+        ``count_dirs``, ``(how many, how many were directories)``)."""
         fixed = _fixed_size(self.dbs, db)
         dup = db is self.dbs.child_mtimes
         want = path + b"/"
         n = 0
+        dirs = 0
         for prefix, must_filter in keys.subtree_ranges(path):
             cur = self.txn.cursor(db=db)
             if not cur.set_range(prefix):
@@ -559,9 +566,11 @@ class TreeWriter(TreeReader, StateWrites):
                         break
                     continue
                 n += 1
+                if count_dirs and cur.value()[0] & IS_DIR:
+                    dirs += 1
                 if not cur.delete(dupdata=dup):
                     break
-        return n
+        return (n, dirs) if count_dirs else n
 
     # -- aggregates ---------------------------------------------------------------
     def _acc(self, d: bytes, df: int, dd: int, ds: int, added, removed, dig: int = 0,
@@ -615,7 +624,7 @@ class TreeWriter(TreeReader, StateWrites):
                 add, rem = e[3], e[4]
                 best = add if add > m else m
                 # a removal at or above the best candidate may have taken the maximum
-                nm = self._max_of_children(d, key, indexed) if rem >= best else best
+                nm = self._max_of_children(d, key, indexed, best) if rem >= best else best
                 self.txn.put(key, pack_agg(d, (f + e[0], dc + e[1], s + e[2], nm, dig + e[5],
                                                dnm + e[6], now if now > lca else lca, cc)), db=aggdb)
                 if d == keys.ROOT:
@@ -638,9 +647,15 @@ class TreeWriter(TreeReader, StateWrites):
                 pe[6] += e[6]
             depth -= 1
 
-    def _max_of_children(self, d: bytes, key: bytes, indexed: bool = False) -> float:
+    def _max_of_children(self, d: bytes, key: bytes, indexed: bool = False,
+                         bound: float = float("inf")) -> float:
+        """The largest of ``d``'s own mtime and its children's (latest) mtimes. ``bound`` is
+        known to be at least that maximum, so the first value reaching it ends the search
+        (many equal mtimes are common)."""
         own = self.txn.get(key, db=self.dbs.nodes)
         m = NODE.unpack_from(own)[2] if own is not None else 0.0
+        if m >= bound:
+            return m
         if indexed:  # the newest child is the last of the index: O(log n)
             cur = self.txn.cursor(db=self.dbs.child_mtimes)
             if cur.set_key(key) and cur.last_dup():
@@ -654,5 +669,7 @@ class TreeWriter(TreeReader, StateWrites):
             else:
                 cm = NODE.unpack_from(v)[2]
             if cm > m:
+                if cm >= bound:
+                    return cm
                 m = cm
         return m
