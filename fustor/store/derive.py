@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from fustor.store import keys
 from fustor.store.records import (
     AGG,
+    DIGEST_MOD,
     EXPIRY,
     IS_DIR,
     NODE,
@@ -114,7 +115,7 @@ class Aggregates:
                 continue
             raw = r.txn.get(keys.node_key(path), db=aggdb)
             got = None if raw is None else unpack_agg(raw)
-            want = Aggregate(t[0], t[1], t[2], t[3], t[4] % (1 << 128), t[5] % (1 << 128), 0.0, t[6])
+            want = Aggregate(t[0], t[1], t[2], t[3], t[4] % DIGEST_MOD, t[5] % DIGEST_MOD, 0.0, t[6])
             if got is None or got._replace(last_change_at=0.0) != want:
                 problems.append({"path": keys.display(path), "problem": "aggregate mismatch",
                                  "stored": _agg_json(got), "recomputed": _agg_json(want)})

@@ -17,14 +17,13 @@ AUDIT_SKIPPED = 8
 
 # flags, size, modified_time, created_time, last_updated_at, audit_mark
 NODE = struct.Struct("<BqdddI")
-# file_count, dir_count, total_size, latest_mtime, digest, digest_nomtime (128-bit little
-# endian), last_change_at (wall), child_count
+# file_count, dir_count, total_size, latest_mtime, digest, digest_nomtime (integers mod
+# DIGEST_MOD, 16 bytes little endian), last_change_at (wall), child_count
 AGG = struct.Struct("<qqqd16s16sdq")
 DIGEST_BYTES = 16
-DIGEST_MOD = 1 << (8 * DIGEST_BYTES)
-# what one entry contributes to the digests: path, NUL, type, size (and mtime)
-_ENTRY = struct.Struct("<?qd")
-_ENTRY_NOMTIME = struct.Struct("<?q")
+DIGEST_MOD = (1 << 127) - 1  # a (Mersenne) prime: see entry_digests and the store README
+# what one entry's hash covers: path, NUL, type, size (the mtime enters by multiplication)
+_ENTRY = struct.Struct("<?q")
 # two floats: tombstone (logical_ts, wall_ts), suspect (expires_at wall, recorded_mtime)
 PAIR = struct.Struct("<dd")
 EXPIRY = struct.Struct(">d")  # big-endian so byte order sorts like the (non-negative) number
@@ -110,23 +109,36 @@ def pack_agg(path: bytes, a) -> bytes:
     return head + path if keys.needs_path_tail(path) else head
 
 
+def entry_hash(path: bytes, is_dir: bool, size: int) -> tuple[int, int]:
+    """``(a, c)``: the two 128-bit halves of BLAKE2b-256(path, NUL, type, size). A
+    directory's size is left out (it differs between file systems for the same content,
+    as in ``total_size``)."""
+    h = _H0.copy()
+    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
+    x = _int(h.digest(), "little")
+    return x & _LOW, x >> 128
+
+
+def mtime_number(mtime: float) -> int:
+    """The 64 bits of the float as an integer: distinct mtimes give distinct numbers."""
+    return _int(_bits(mtime), "little")
+
+
 def entry_digests(path: bytes, is_dir: bool, size: int, mtime: float) -> tuple[int, int]:
-    """What one entry adds to the subtree digests of its ancestors: BLAKE2b-128 of
-    (path, type, size, mtime) and of (path, type, size). A directory's size is left out
-    (it differs between file systems for the same content, as in ``total_size``)."""
-    if is_dir:
-        size = 0
-    head = path + b"\0"
-    return (
-        _int(_b2(head + _entry(is_dir, size, mtime), digest_size=16).digest(), "little"),
-        _int(_b2(head + _entry_nomtime(is_dir, size), digest_size=16).digest(), "little"),
-    )
+    """What one entry adds to its ancestors' digests (both taken mod ``DIGEST_MOD``):
+    ``a + c * mtime_number(mtime)`` and, without the mtime, ``a``."""
+    h = _H0.copy()  # entry_hash, inlined: this runs for every row written
+    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
+    x = _int(h.digest(), "little")
+    a = x & _LOW
+    return a + (x >> 128) * _int(_bits(mtime), "little"), a
 
 
-_b2 = hashlib.blake2b
+_H0 = hashlib.blake2b(digest_size=32)
+_LOW = (1 << 128) - 1
 _int = int.from_bytes
 _entry = _ENTRY.pack
-_entry_nomtime = _ENTRY_NOMTIME.pack
+_bits = struct.Struct("<d").pack
 
 
 # byte ranges of a node record, for comparing records without decoding them

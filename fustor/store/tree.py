@@ -33,7 +33,9 @@ from fustor.store.records import (
     Node,
     Stats,
     entry_digests,
+    entry_hash,
     float_of_sortable,
+    mtime_number,
     pack_agg,
     pack_node,
     sortable_float,
@@ -327,17 +329,22 @@ class TreeWriter(TreeReader, StateWrites):
             if path not in self._dirs:
                 self._know_dir(path, key)
             if modified_time != old_m:
-                new, was = entry_digests(path, True, 0, modified_time), entry_digests(path, True, 0, old_m)
+                c = entry_hash(path, True, 0)[1]
                 self._acc(path, 0, 0, 0, modified_time, old_m if modified_time < old_m else None,
-                          new[0] - was[0], 0)
+                          c * (mtime_number(modified_time) - mtime_number(old_m)), 0)
         elif size != old_size or modified_time != old_m:
-            new = entry_digests(path, False, size, modified_time)
-            was = entry_digests(path, False, old_size, old_m)
+            if size == old_size:  # only the mtime moved: one hash, the same for both
+                a, c = entry_hash(path, False, size)
+                dig, dnm = c * (mtime_number(modified_time) - mtime_number(old_m)), 0
+            else:
+                new = entry_digests(path, False, size, modified_time)
+                was = entry_digests(path, False, old_size, old_m)
+                dig, dnm = new[0] - was[0], new[1] - was[1]
             self._acc(
                 parent, 0, 0, size - old_size,
                 modified_time if modified_time != old_m else None,
                 old_m if modified_time < old_m else None,
-                new[0] - was[0], new[1] - was[1],
+                dig, dnm,
             )
             if modified_time != old_m and self._dirs[parent]:
                 self._index_move(parent, path, old_m, modified_time)
