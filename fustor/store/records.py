@@ -23,7 +23,7 @@ AGG = struct.Struct("<qqqd16s16sdq")
 DIGEST_BYTES = 16
 DIGEST_MOD = (1 << 127) - 1  # a (Mersenne) prime: see entry_digests and the store README
 # what one entry's hash covers: path, NUL, type, size (the mtime enters by multiplication)
-_ENTRY = struct.Struct("<?q")
+ENTRY = struct.Struct("<?q")
 # two floats: tombstone (logical_ts, wall_ts), suspect (expires_at wall, recorded_mtime)
 PAIR = struct.Struct("<dd")
 EXPIRY = struct.Struct(">d")  # big-endian so byte order sorts like the (non-negative) number
@@ -134,11 +134,15 @@ def entry_digests(path: bytes, is_dir: bool, size: int, mtime: float) -> tuple[i
     return a + (x >> 128) * _int(_bits(mtime), "little"), a
 
 
-_H0 = hashlib.blake2b(digest_size=32)
-_LOW = (1 << 128) - 1
+# a fresh BLAKE2b-256 state: copying it is cheaper than making a new one
+DIGEST_SEED = hashlib.blake2b(digest_size=32)
+LOW_128 = (1 << 128) - 1
+DOUBLE = struct.Struct("<d")
+_H0 = DIGEST_SEED
+_LOW = LOW_128
 _int = int.from_bytes
-_entry = _ENTRY.pack
-_bits = struct.Struct("<d").pack
+_entry = ENTRY.pack
+_bits = DOUBLE.pack
 
 
 # byte ranges of a node record, for comparing records without decoding them

@@ -27,7 +27,11 @@ from fustor.errors import PathError
 from fustor.store import keys
 from fustor.store.records import (
     AGG,
+    DIGEST_SEED,
+    DOUBLE,
+    ENTRY,
     IS_DIR,
+    LOW_128,
     NODE,
     Aggregate,
     Node,
@@ -45,6 +49,9 @@ from fustor.store.records import (
 from fustor.store.state import StateReads, StateWrites
 
 NEG = float("-inf")
+_int = int.from_bytes
+_entry = ENTRY.pack
+_bits = DOUBLE.pack
 # a directory with this many direct children keeps an index of their mtimes (so the
 # newest is found in O(log n)); it loses the index again below SMALL_DIR
 BIG_DIR = 512
@@ -358,7 +365,12 @@ class TreeWriter(TreeReader, StateWrites):
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
         self.txn.put(key, pack_node(node), db=self.dbs.nodes)
         m = node.modified_time
-        dig, dnm = entry_digests(node.path, node.is_dir, node.size, m)
+        # entry_digests, inlined: this runs for every new node
+        h = DIGEST_SEED.copy()
+        h.update(node.path + b"\0" + _entry(node.is_dir, 0 if node.is_dir else node.size))
+        x = _int(h.digest(), "little")
+        dnm = x & LOW_128
+        dig = dnm + (x >> 128) * _int(_bits(m), "little")
         if node.is_dir:
             self.txn.put(key, pack_agg(node.path, (0, 1, 0, m, dig, dnm, self.now, 0)),
                          db=self.dbs.aggregates)
