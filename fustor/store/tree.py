@@ -4,15 +4,25 @@
 write primitives inside one write transaction. Paths passed to both are
 normalised bytes (:func:`fustor.store.keys.normalise`).
 
-Aggregates: ``aggregates[key(D)] = (file_count, dir_count, total_size, latest_mtime)``
-of the whole subtree of directory ``D``, ``D`` itself included (so ``dir_count >= 1``
-and ``latest_mtime >= D.modified_time``). ``total_size`` sums file sizes only.
+Aggregates: ``aggregates[key(D)] = (file_count, dir_count, total_size, latest_mtime,
+digest, digest_nomtime, last_change_at, child_count)`` of the whole subtree of
+directory ``D``, ``D`` itself included (so ``dir_count >= 1`` and ``latest_mtime >=
+D.modified_time``); ``child_count`` counts direct children only. ``total_size`` sums
+file sizes only. The digests are sums of per-entry hashes (README: Digests), so they
+take deltas like the counts.
 A writer does not touch ancestors per row: each change adds a delta to its
 parent's pending entry; :meth:`TreeWriter.flush` applies the pending entries
 deepest directory first, each one read and written once, and hands the sum on
 to the parent. ``latest_mtime`` is a maximum, so a removal only matters when it
 removed the maximum; then that directory's value is recomputed from its direct
-children (files' mtimes and subdirectories' aggregates), never from the subtree.
+children (files' mtimes and subdirectories' aggregates), never from the subtree —
+through the ``child_mtimes`` index in O(log n) for a directory of ``BIG_DIR`` or more
+children.
+
+Other derived tables hook in where nodes are made and removed: ``_create`` (every new
+node), ``_delete_at`` (the node deleted) and ``_delete_subtree`` /
+``_delete_subtree_by_walk`` (a deleted directory's descendants); their rebuild from
+the nodes is a builder in ``fustor/store/derive.py``.
 """
 
 from __future__ import annotations
