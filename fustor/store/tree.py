@@ -275,9 +275,12 @@ class TreeWriter(TreeReader, StateWrites):
         self._pend: dict[bytes, list] = {}
         # directories known to exist in this job -> whether they keep a child-mtime index
         self._dirs: dict[bytes, bool] = {}
-        # strict ancestors of every directory in _pend or _dirs: deleting a directory that
-        # is not in here has nothing of this job's state to forget (no per-delete rebuild)
-        self._anc: set[bytes] = set()
+        # strict ancestors of every directory in _pend or _dirs, made on the job's first
+        # directory delete and kept from then on: deleting a directory that is not in here
+        # has nothing of this job's state to forget (no per-delete rebuild)
+        self._anc: set[bytes] | None = None
+        # whether any directory keeps a child-mtime index (None: not looked yet)
+        self._any_index: bool | None = None
         # the fusion-side wall time of this job's changes (last_change_at)
         self.now = time.time() if now is None else now
 
@@ -511,6 +514,10 @@ class TreeWriter(TreeReader, StateWrites):
         everything under it. O(1) unless this job touched something under ``path``."""
         self._pend.pop(path, None)
         self._dirs.pop(path, None)
+        if self._anc is None:
+            self._anc = set()
+            for d in (*self._pend, *self._dirs):
+                self._note(d)
         if path not in self._anc:
             return
         inside = path + b"/"
@@ -522,6 +529,8 @@ class TreeWriter(TreeReader, StateWrites):
     def _note(self, d: bytes) -> None:
         """Record ``d``'s ancestors in ``_anc`` (stops at the first one already there)."""
         anc = self._anc
+        if anc is None:  # no directory deleted yet in this job
+            return
         while d != keys.ROOT:
             d = keys.parent_of(d)
             if d in anc:
@@ -529,7 +538,9 @@ class TreeWriter(TreeReader, StateWrites):
             anc.add(d)
 
     def _know_dir(self, d: bytes, key: bytes) -> bool:
-        indexed = self.txn.get(key, db=self.dbs.child_mtimes) is not None
+        if self._any_index is None:
+            self._any_index = self.txn.stat(self.dbs.child_mtimes)["entries"] > 0
+        indexed = self._any_index and self.txn.get(key, db=self.dbs.child_mtimes) is not None
         self._dirs[d] = indexed
         self._note(d)
         return indexed
@@ -567,6 +578,7 @@ class TreeWriter(TreeReader, StateWrites):
         items.sort()
         cur = self.txn.cursor(db=db)
         cur.putmulti([(key, it) for it in items], dupdata=True)
+        self._any_index = True
         self._dirs[d] = True
         self._note(d)
 
