@@ -179,7 +179,7 @@ class Fusion:
         for v in self.fs_views():
             if v.store.queued == 0 and await asyncio.to_thread(v.suspects_due, time.time()):
                 await v.sweep_suspects()
-            if v.store.queued == 0 and await asyncio.to_thread(v.tombstones_due, time.time()):
+            if v.store.queued == 0 and await asyncio.to_thread(v.tombstones_due):
                 await v.purge_tombstones()
 
     # -- keys ---------------------------------------------------------------------

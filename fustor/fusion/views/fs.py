@@ -139,15 +139,21 @@ class FsView:
     async def sweep_suspects(self) -> int:
         return await self.run(rules.sweep_suspects)
 
-    def tombstones_due(self, wall: float) -> bool:
+    def _purge_cutoff(self) -> float:
+        # what the last audit end purges: tombstones older than the TTL at that time
+        # (the spec purges only at audit end; this finishes that purge in chunks)
+        st = self.state
+        return st.last_audit_finished_at - st.tombstone_ttl_seconds if st.last_audit_finished_at else 0.0
+
+    def tombstones_due(self) -> bool:
+        """True when the last audit end left expired tombstones for later chunks."""
+        cutoff = self._purge_cutoff()
         with self.store.read() as r:
-            return r.tombstones_due(wall - self.state.tombstone_ttl_seconds)
+            return cutoff > 0 and r.tombstones_due(cutoff)
 
     async def purge_tombstones(self) -> int:
-        """Purge one bounded chunk of tombstones older than the TTL (what an audit end
-        left over when many expired at once)."""
-        return await self.run(
-            lambda w, st: w.purge_tombstones(st.now() - st.tombstone_ttl_seconds), save=False)
+        """Go on with the last audit end's tombstone purge: one bounded chunk."""
+        return await self.run(lambda w, st: w.purge_tombstones(self._purge_cutoff()), save=False)
 
     async def update_suspects(self, updates: list[dict]) -> int:
         """Apply re-stat results; an item without a usable path and mtime is skipped
