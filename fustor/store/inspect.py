@@ -60,6 +60,11 @@ def show_path(store: Store, path: str, limit: int = 100) -> dict | None:
         if node is None:
             return None
         out = {"node": node_dict(node), "stats": r.stats(p).as_dict()}
+        agg = r.aggregate(p)
+        if agg is not None:
+            out["aggregate"] = {"digest": f"{agg.digest:032x}",
+                                "digest_nomtime": f"{agg.digest_nomtime:032x}",
+                                "last_change_at": agg.last_change_at, "child_count": agg.child_count}
         if node.is_dir:
             kids, nxt = r.children(p, limit=limit)
             out["children"] = [node_dict(k) for k in kids]
