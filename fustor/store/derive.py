@@ -114,6 +114,10 @@ class Aggregates:
             if kinds.get(path) is not True:
                 continue
             raw = r.txn.get(keys.node_key(path), db=aggdb)
+            if raw is not None and len(raw) < AGG.size:
+                problems.append({"path": keys.display(path), "problem": "aggregate record too short",
+                                 "stored": len(raw), "recomputed": AGG.size})
+                continue
             got = None if raw is None else unpack_agg(raw)
             want = Aggregate(t[0], t[1], t[2], t[3], t[4] % DIGEST_MOD, t[5] % DIGEST_MOD, 0.0, t[6])
             if got is None or got._replace(last_change_at=0.0) != want:
@@ -122,7 +126,7 @@ class Aggregates:
                 continue
             if path != keys.ROOT:
                 up = r.txn.get(keys.node_key(keys.parent_of(path)), db=aggdb)
-                if up is not None and AGG.unpack_from(up)[6] < got.last_change_at:
+                if up is not None and len(up) >= AGG.size and AGG.unpack_from(up)[6] < got.last_change_at:
                     problems.append({"path": keys.display(path),
                                      "problem": "last_change_at newer than its parent's"})
             self._check_index(r, path, got, problems)

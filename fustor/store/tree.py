@@ -455,7 +455,8 @@ class TreeWriter(TreeReader, StateWrites):
             return 1
         agg = unpack_agg(self.txn.get(key, db=dbs.aggregates))
         self.txn.delete(key, db=dbs.aggregates)
-        self.txn.delete(key, db=dbs.child_mtimes)
+        if self._has_any_index():
+            self.txn.delete(key, db=dbs.child_mtimes)
         self._forget_job_state(path)
         removed = self._delete_subtree(path)
         self._acc(parent, -agg.file_count, -agg.dir_count, -agg.total_size, None,
@@ -477,7 +478,7 @@ class TreeWriter(TreeReader, StateWrites):
         removed, dirs = self._delete_range(path, dbs.nodes, count_dirs=True)
         if dirs:  # only directories have aggregates and child-mtime indexes
             self._delete_range(path, dbs.aggregates)
-            if stat(dbs.child_mtimes)["entries"]:
+            if self._has_any_index():
                 self._delete_range(path, dbs.child_mtimes)
         if stat(dbs.blind_additions)["entries"]:
             self._delete_range(path, dbs.blind_additions)
@@ -537,10 +538,14 @@ class TreeWriter(TreeReader, StateWrites):
                 return
             anc.add(d)
 
-    def _know_dir(self, d: bytes, key: bytes) -> bool:
+    def _has_any_index(self) -> bool:
+        """Whether some directory keeps a child-mtime index (looked up once per job)."""
         if self._any_index is None:
             self._any_index = self.txn.stat(self.dbs.child_mtimes)["entries"] > 0
-        indexed = self._any_index and self.txn.get(key, db=self.dbs.child_mtimes) is not None
+        return self._any_index
+
+    def _know_dir(self, d: bytes, key: bytes) -> bool:
+        indexed = self._has_any_index() and self.txn.get(key, db=self.dbs.child_mtimes) is not None
         self._dirs[d] = indexed
         self._note(d)
         return indexed
