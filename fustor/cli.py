@@ -115,6 +115,10 @@ def _print_summary(out: dict) -> None:
         n = out["node"]["node"]
         kind = "dir " if n["is_dir"] else "file"
         click.echo(f"\n{kind} {_show(n['path'])}  size {n['size']}  mtime {n['modified_time']}")
+        a = out["node"].get("aggregate")
+        if a:
+            click.echo(f"     {a['child_count']:,} children  last change {a['last_change_at']}  "
+                       f"digest {a['digest']}  without mtimes {a['digest_nomtime']}")
         for c in out["node"].get("children", []):
             click.echo(f"  {'d' if c['is_dir'] else '-'} {c['size']:>14,}  {c['modified_time']:<18} {_show(c['name'])}")
         if out["node"].get("more_children"):

@@ -46,6 +46,7 @@ _FS_PARAMS: dict[str, tuple[tuple[str, ...], type, Any, float | None]] = {
     "max_tree_items": (("max_tree_items",), int, 100_000, None),  # <= 0 means unlimited
     "tombstone_ttl_seconds": (("consistency", "tombstone_ttl_seconds"), float, 3600.0, 0),
     "max_nodes": (("limits", "max_nodes"), int, 0, 0),  # 0 means unlimited
+    "settle_s": (("settle_s",), float, None, 0),  # None: the view's hot_file_threshold
 }
 
 
@@ -112,6 +113,12 @@ class ViewConfig:
     @property
     def max_nodes(self) -> int:
         return self._param("max_nodes")
+
+    @property
+    def settle_s(self) -> float:
+        """Quiet seconds after which a path with no suspect under it is "settled"."""
+        v = self._param("settle_s")
+        return self.hot_file_threshold if v is None else v
 
 
 @dataclass
@@ -620,6 +627,7 @@ views:                            # the trees users query
                                      # let it read all of them
     driver_params:
       hot_file_threshold: 30.0    # files changed less than this many seconds ago are "hot"
+      settle_s: 30.0              # stats' "settled": nothing changed under a path this long
       max_tree_items: 100000      # tree/search refused above this many items (0: no limit)
       consistency: {tombstone_ttl_seconds: 3600.0}
       limits: {max_nodes: 0}      # 0: unlimited

@@ -22,6 +22,7 @@ from fustor.datadir import DataDirInUseError, DataDirLock
 from fustor.errors import ConflictError, NotFoundError, StoreFormatError
 from fustor.store import Store, apply_changes
 from fustor.store.inspect import open_readonly, report_isolated, summary
+from fustor.store.records import AGG
 from tests.e2e import run_cli
 from tests.procs import Proc, free_port, wait_http, wait_until
 
@@ -136,7 +137,7 @@ def test_restore_checks_every_store_before_putting_any_in_place(tmp_path):
     env = lmdb.open(str(path), subdir=False, max_dbs=16)
     with env.begin(write=True) as txn:
         aggs = env.open_db(b"aggregates", txn=txn, create=False)
-        txn.put(b"/", bytes(32), db=aggs)
+        txn.put(b"/", bytes(AGG.size), db=aggs)
     env.close()
     os.unlink(f"{path}-lock")
     m = json.loads((tmp_path / "bk2" / "manifest.json").read_text())

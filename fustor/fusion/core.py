@@ -71,7 +71,8 @@ class Fusion:
     def _open_view(self, vid: str, vc) -> FsView | ForestView:
         params = dict(hot_file_threshold=vc.hot_file_threshold,
                       tombstone_ttl_seconds=vc.tombstone_ttl_seconds,
-                      max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items)
+                      max_nodes=vc.max_nodes, max_tree_items=vc.max_tree_items,
+                      settle_s=vc.settle_s)
         if vc.driver == "forest-fs":
             return ForestView(vid, self.data_dir / "views" / vid, self._forest_members(vid), **params)
         return FsView(vid, self.data_dir / "views" / f"{vid}.lmdb", **params)
@@ -120,6 +121,7 @@ class Fusion:
             if vid in wanted:
                 vc = wanted[vid]
                 view.max_tree_items = vc.max_tree_items
+                view.settle_s = vc.settle_s
                 view.state.hot_file_threshold = vc.hot_file_threshold
                 view.state.tombstone_ttl_seconds = vc.tombstone_ttl_seconds
                 view.state.max_nodes = vc.max_nodes
@@ -181,6 +183,8 @@ class Fusion:
         for v in self.fs_views():
             if v.store.queued == 0 and await asyncio.to_thread(v.suspects_due, time.time()):
                 await v.sweep_suspects()
+            if v.store.queued == 0 and await asyncio.to_thread(v.tombstones_due):
+                await v.purge_tombstones()
 
     # -- keys ---------------------------------------------------------------------
     def principal(self, key: str | None) -> Principal:

@@ -99,5 +99,7 @@ def migrate_store(path: Path, progress: Callable[[str], None] = lambda s: None) 
             lock.unlink()
         applied.append(f"{mod.__name__.rsplit('.', 1)[-1]} (format {version} -> {mod.TO}; "
                        f"original kept as {backup.name})")
-        version = mod.TO
+        # a migration writes a store of the current format (it goes through this
+        # fustor's Store), so later steps may have nothing left to do
+        version = max(mod.TO, stored_format(path))
     return applied

@@ -27,10 +27,10 @@ from fustor.errors import (
 )
 from fustor.store import keys
 from fustor.store.records import Node
-from fustor.store.tree import Dbs, TreeReader, TreeWriter
+from fustor.store.tree import DUPSORT, Dbs, TreeReader, TreeWriter
 from fustor.store.writer import Writer, is_disk_full
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DB_NAMES = Dbs._fields
 # what a file that LMDB can open but that does not hold together is (a plain copy of a
 # live store taken while it was written, or a damaged disk); never "run migrate" for it
@@ -194,8 +194,9 @@ class Store:
                 missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
             if missing:
                 raise StoreFormatError(f"{self.path} lacks tables {missing}; it is not a fustor store")
-            return Dbs(*(self.env.open_db(n.encode(), create=False) for n in DB_NAMES))
-        return Dbs(*(self.env.open_db(n.encode()) for n in DB_NAMES))
+            return Dbs(*(self.env.open_db(n.encode(), create=False, dupsort=n in DUPSORT)
+                         for n in DB_NAMES))
+        return Dbs(*(self.env.open_db(n.encode(), dupsort=n in DUPSORT) for n in DB_NAMES))
 
     # -- reads --------------------------------------------------------------------
     @contextmanager
@@ -323,7 +324,7 @@ class Store:
 
 def _init_tables(env: lmdb.Environment, tree_id: str) -> None:
     with env.begin(write=True) as txn:
-        dbs = Dbs(*(env.open_db(n.encode(), txn=txn) for n in DB_NAMES))
+        dbs = Dbs(*(env.open_db(n.encode(), txn=txn, dupsort=n in DUPSORT) for n in DB_NAMES))
         w = TreeWriter(txn, dbs)
         w.put_meta("format_version", FORMAT_VERSION)
         w.put_meta("tree_id", tree_id)

@@ -18,9 +18,9 @@ from pathlib import Path
 import lmdb
 
 from fustor.errors import FustorError, StoreFormatError
-from fustor.store import keys
+from fustor.store import derive, keys
 from fustor.store.env import TORN, Store
-from fustor.store.records import AGG, IS_DIR, NODE, Node
+from fustor.store.records import Node
 
 
 def node_dict(n: Node) -> dict:
@@ -60,6 +60,11 @@ def show_path(store: Store, path: str, limit: int = 100) -> dict | None:
         if node is None:
             return None
         out = {"node": node_dict(node), "stats": r.stats(p).as_dict()}
+        agg = r.aggregate(p)
+        if agg is not None:
+            out["aggregate"] = {"digest": f"{agg.digest:032x}",
+                                "digest_nomtime": f"{agg.digest_nomtime:032x}",
+                                "last_change_at": agg.last_change_at, "child_count": agg.child_count}
         if node.is_dir:
             kids, nxt = r.children(p, limit=limit)
             out["children"] = [node_dict(k) for k in kids]
@@ -68,61 +73,14 @@ def show_path(store: Store, path: str, limit: int = 100) -> dict | None:
 
 
 def verify(store: Store, progress: Callable[[int], None] | None = None) -> list[dict]:
-    """Recompute every directory's aggregates in one pass over the nodes and compare.
-
-    Also reports nodes whose parent is missing or is not a directory, and
-    aggregate records without a directory. Returns the mismatches (empty = ok).
-    """
-    problems: list[dict] = []
-    totals: dict[bytes, list] = {}
-    kinds: dict[bytes, bool] = {}
+    """Recompute everything derived from the nodes in one pass over them and compare:
+    every directory's aggregates (counts, size, latest_mtime, both digests, child_count;
+    last_change_at only grows towards the root), the child-mtime index of big
+    directories, the tombstone expiry index. Also reports nodes whose parent is missing
+    or is not a directory, and aggregate records without a directory. Returns the
+    mismatches (empty = ok)."""
     with store.read() as r:
-        n = 0
-        for k, v in r.txn.cursor(db=r.dbs.nodes):
-            flags, size, mtime = NODE.unpack_from(v)[:3]
-            path = keys.path_of(k, bytes(v[NODE.size :]))
-            is_dir = bool(flags & IS_DIR)
-            kinds[path] = is_dir
-            if is_dir:
-                t = totals.setdefault(path, [0, 0, 0, float("-inf")])
-                t[1] += 1
-                if mtime > t[3]:
-                    t[3] = mtime
-            p = path
-            while p != keys.ROOT:
-                p = keys.parent_of(p)
-                t = totals.setdefault(p, [0, 0, 0, float("-inf")])
-                if is_dir:
-                    t[1] += 1
-                else:
-                    t[0] += 1
-                    t[2] += size
-                if mtime > t[3]:
-                    t[3] = mtime
-            n += 1
-            if progress and n % 500_000 == 0:
-                progress(n)
-        for path in kinds:
-            if path != keys.ROOT:
-                parent = keys.parent_of(path)
-                if kinds.get(parent) is not True:
-                    problems.append({"path": keys.display(path), "problem": "parent missing or not a directory"})
-        for path, t in totals.items():
-            if kinds.get(path) is not True:
-                continue
-            raw = r.txn.get(keys.node_key(path), db=r.dbs.aggregates)
-            want = (t[0], t[1], t[2], t[3])
-            got = None if raw is None else AGG.unpack_from(raw)
-            if got != want:
-                problems.append({
-                    "path": keys.display(path), "problem": "aggregate mismatch",
-                    "stored": None if got is None else list(got), "recomputed": list(want),
-                })
-        for k, v in r.txn.cursor(db=r.dbs.aggregates):
-            path = keys.path_of(k, bytes(v[AGG.size :]))
-            if kinds.get(path) is not True:
-                problems.append({"path": keys.display(path), "problem": "aggregate without a directory"})
-    return problems
+        return derive.check(r, progress)
 
 
 def open_readonly(path: str | Path) -> Store:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from fustor.store import keys
 
@@ -15,8 +17,13 @@ AUDIT_SKIPPED = 8
 
 # flags, size, modified_time, created_time, last_updated_at, audit_mark
 NODE = struct.Struct("<BqdddI")
-# file_count, dir_count, total_size, latest_mtime
-AGG = struct.Struct("<qqqd")
+# file_count, dir_count, total_size, latest_mtime, digest, digest_nomtime (integers mod
+# DIGEST_MOD, 16 bytes little endian), last_change_at (wall), child_count
+AGG = struct.Struct("<qqqd16s16sdq")
+DIGEST_BYTES = 16
+DIGEST_MOD = (1 << 127) - 1  # a (Mersenne) prime: see entry_digests and the store README
+# what one entry's hash covers: path, NUL, type, size (the mtime enters by multiplication)
+ENTRY = struct.Struct("<?q")
 # two floats: tombstone (logical_ts, wall_ts), suspect (expires_at wall, recorded_mtime)
 PAIR = struct.Struct("<dd")
 EXPIRY = struct.Struct(">d")  # big-endian so byte order sorts like the (non-negative) number
@@ -72,10 +79,78 @@ class Stats:
         }
 
 
+class Aggregate(NamedTuple):
+    """The whole aggregate record of a directory (format 2)."""
+
+    file_count: int
+    dir_count: int
+    total_size: int
+    latest_mtime: float
+    digest: int
+    digest_nomtime: int
+    last_change_at: float
+    child_count: int
+
+    def stats(self) -> Stats:
+        return Stats(self.file_count, self.dir_count, self.total_size, self.latest_mtime)
+
+
+def unpack_agg(value: bytes) -> Aggregate:
+    f, d, s, m, dig, dnm, lca, cc = AGG.unpack_from(value)
+    return Aggregate(f, d, s, m, int.from_bytes(dig, "little"), int.from_bytes(dnm, "little"),
+                     lca, cc)
+
+
+def pack_agg(path: bytes, a) -> bytes:
+    """``a`` is an :class:`Aggregate` or any 8-sequence in its order."""
+    f, d, s, m, dig, dnm, lca, cc = a
+    head = AGG.pack(f, d, s, m, (dig % DIGEST_MOD).to_bytes(DIGEST_BYTES, "little"),
+                    (dnm % DIGEST_MOD).to_bytes(DIGEST_BYTES, "little"), lca, cc)
+    return head + path if keys.needs_path_tail(path) else head
+
+
+def entry_hash(path: bytes, is_dir: bool, size: int) -> tuple[int, int]:
+    """``(a, c)``: the two 128-bit halves of BLAKE2b-256(path, NUL, type, size). A
+    directory's size is left out (it differs between file systems for the same content,
+    as in ``total_size``)."""
+    h = _H0.copy()
+    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
+    x = _int(h.digest(), "little")
+    return x & _LOW, x >> 128
+
+
+def mtime_number(mtime: float) -> int:
+    """The 64 bits of the float as an integer: distinct mtimes give distinct numbers."""
+    return _int(_bits(mtime), "little")
+
+
+def entry_digests(path: bytes, is_dir: bool, size: int, mtime: float) -> tuple[int, int]:
+    """What one entry adds to its ancestors' digests (both taken mod ``DIGEST_MOD``):
+    ``a + c * mtime_number(mtime)`` and, without the mtime, ``a``."""
+    h = _H0.copy()  # entry_hash, inlined: this runs for every row written
+    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
+    x = _int(h.digest(), "little")
+    a = x & _LOW
+    return a + (x >> 128) * _int(_bits(mtime), "little"), a
+
+
+# a fresh BLAKE2b-256 state: copying it is cheaper than making a new one
+DIGEST_SEED = hashlib.blake2b(digest_size=32)
+LOW_128 = (1 << 128) - 1
+DOUBLE = struct.Struct("<d")
+_H0 = DIGEST_SEED
+_LOW = LOW_128
+_int = int.from_bytes
+_entry = ENTRY.pack
+_bits = DOUBLE.pack
+
+
 # byte ranges of a node record, for comparing records without decoding them
 NODE_SIZE_AND_MTIME = slice(1, 17)
 NODE_SIZE = slice(1, 9)
 AGG_COUNTS = slice(0, 24)  # file_count, dir_count, total_size (without latest_mtime)
+AGG_DIGEST = slice(32, 48)
+AGG_DIGEST_NOMTIME = slice(48, 64)
 
 
 def pack_node(n: Node) -> bytes:
@@ -100,3 +175,20 @@ def pack_pair(a: float, b: float, path: bytes) -> bytes:
     """A two-float state record; hashed keys carry their full path after the floats."""
     head = PAIR.pack(a, b)
     return head + path if keys.needs_path_tail(path) else head
+
+
+_BE_DOUBLE = struct.Struct(">d")
+_BE_U64 = struct.Struct(">Q")
+_SIGN = 1 << 63
+_ALL = (1 << 64) - 1
+
+
+def sortable_float(x: float) -> bytes:
+    """8 bytes whose byte order is the numeric order of ``x`` (negative values included)."""
+    (u,) = _BE_U64.unpack(_BE_DOUBLE.pack(x))
+    return _BE_U64.pack(u ^ _ALL if u & _SIGN else u | _SIGN)
+
+
+def float_of_sortable(b: bytes) -> float:
+    (u,) = _BE_U64.unpack_from(b)
+    return _BE_DOUBLE.unpack(_BE_U64.pack(u & ~_SIGN & _ALL if u & _SIGN else u ^ _ALL))[0]

@@ -17,6 +17,8 @@ from fustor.store.records import EXPIRY, IS_DIR, PAIR, pack_pair
 # meta: how many suspect entries are directories (so the count of suspect *files* is
 # O(1): entries of the suspects table minus this), kept in the same transactions
 SUSPECT_DIRS = "suspect_dirs"
+# expired tombstones purged by one call: the writer is never held long by a purge
+PURGE_CHUNK = 5_000
 
 
 def _expiry_key(expires_at: float, key: bytes) -> bytes:
@@ -32,6 +34,11 @@ class StateReads:
     def tombstone(self, path: bytes) -> tuple[float, float] | None:
         v = self.txn.get(keys.node_key(path), db=self.dbs.tombstones)
         return None if v is None else PAIR.unpack_from(v)
+
+    def tombstones_due(self, wall_cutoff: float) -> bool:
+        """True when some tombstone's wall stamp is older than ``wall_cutoff``: O(1)."""
+        cur = self.txn.cursor(db=self.dbs.tombstone_expiry)
+        return cur.first() and EXPIRY.unpack_from(cur.key())[0] < wall_cutoff
 
     def iter_tombstones(self) -> Iterator[tuple[bytes, float, float]]:
         for k, v in self.txn.cursor(db=self.dbs.tombstones):
@@ -96,23 +103,37 @@ class StateWrites:
     dbs: object
 
     def put_tombstone(self, path: bytes, logical_ts: float, wall_ts: float) -> None:
-        self.txn.put(keys.node_key(path), pack_pair(logical_ts, wall_ts, path), db=self.dbs.tombstones)
+        key = keys.node_key(path)
+        dbs = self.dbs
+        old = self.txn.get(key, db=dbs.tombstones)
+        if old is not None:
+            self.txn.delete(_expiry_key(PAIR.unpack_from(old)[1], key), db=dbs.tombstone_expiry)
+        self.txn.put(key, pack_pair(logical_ts, wall_ts, path), db=dbs.tombstones)
+        self.txn.put(_expiry_key(wall_ts, key), b"", db=dbs.tombstone_expiry)
 
     def delete_tombstone(self, path: bytes) -> bool:
-        return self.txn.delete(keys.node_key(path), db=self.dbs.tombstones)
+        key = keys.node_key(path)
+        old = self.txn.get(key, db=self.dbs.tombstones)
+        if old is None:
+            return False
+        self.txn.delete(_expiry_key(PAIR.unpack_from(old)[1], key), db=self.dbs.tombstone_expiry)
+        return self.txn.delete(key, db=self.dbs.tombstones)
 
-    def purge_tombstones(self, wall_cutoff: float) -> int:
-        """Drop tombstones whose wall stamp is older than ``wall_cutoff``."""
+    def purge_tombstones(self, wall_cutoff: float, limit: int = PURGE_CHUNK) -> int:
+        """Drop up to ``limit`` tombstones whose wall stamp is older than ``wall_cutoff``,
+        oldest first, by the expiry index: the cost is what is purged, not the table."""
         n = 0
-        cur = self.txn.cursor(db=self.dbs.tombstones)
+        cur = self.txn.cursor(db=self.dbs.tombstone_expiry)
+        tombs = self.dbs.tombstones
         if not cur.first():
             return 0
-        while True:
-            if PAIR.unpack_from(cur.value())[1] < wall_cutoff:
-                n += 1
-                if not cur.delete() or not cur.key():
-                    break
-            elif not cur.next():
+        while n < limit:
+            k = cur.key()
+            if not k or EXPIRY.unpack_from(k)[0] >= wall_cutoff:
+                break
+            self.txn.delete(k[EXPIRY.size :], db=tombs)
+            n += 1
+            if not cur.delete():
                 break
         return n
 
@@ -174,6 +195,8 @@ class StateWrites:
         self.txn.drop(db, delete=False)
         if db is self.dbs.suspects:
             self.put_meta(SUSPECT_DIRS, 0)
+        elif db is self.dbs.tombstones:
+            self.txn.drop(self.dbs.tombstone_expiry, delete=False)
 
     def put_meta(self, name: str, value) -> None:
         self.txn.put(name.encode(), orjson.dumps(value), db=self.dbs.meta)

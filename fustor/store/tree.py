@@ -4,30 +4,68 @@
 write primitives inside one write transaction. Paths passed to both are
 normalised bytes (:func:`fustor.store.keys.normalise`).
 
-Aggregates: ``aggregates[key(D)] = (file_count, dir_count, total_size, latest_mtime)``
-of the whole subtree of directory ``D``, ``D`` itself included (so ``dir_count >= 1``
-and ``latest_mtime >= D.modified_time``). ``total_size`` sums file sizes only.
+Aggregates: ``aggregates[key(D)] = (file_count, dir_count, total_size, latest_mtime,
+digest, digest_nomtime, last_change_at, child_count)`` of the whole subtree of
+directory ``D``, ``D`` itself included (so ``dir_count >= 1`` and ``latest_mtime >=
+D.modified_time``); ``child_count`` counts direct children only. ``total_size`` sums
+file sizes only. The digests are sums of per-entry hashes (README: Digests), so they
+take deltas like the counts.
 A writer does not touch ancestors per row: each change adds a delta to its
 parent's pending entry; :meth:`TreeWriter.flush` applies the pending entries
 deepest directory first, each one read and written once, and hands the sum on
 to the parent. ``latest_mtime`` is a maximum, so a removal only matters when it
 removed the maximum; then that directory's value is recomputed from its direct
-children (files' mtimes and subdirectories' aggregates), never from the subtree.
+children (files' mtimes and subdirectories' aggregates), never from the subtree —
+through the ``child_mtimes`` index in O(log n) for a directory of ``BIG_DIR`` or more
+children.
+
+Other derived tables hook in where nodes are made and removed: ``_create`` (every new
+node), ``_delete_at`` (the node deleted) and ``_delete_subtree`` /
+``_delete_subtree_by_walk`` (a deleted directory's descendants); their rebuild from
+the nodes is a builder in ``fustor/store/derive.py``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from fustor.errors import PathError
 from fustor.store import keys
-from fustor.store.records import AGG, IS_DIR, NODE, Node, Stats, pack_node, unpack_node
+from fustor.store.records import (
+    AGG,
+    DIGEST_SEED,
+    DOUBLE,
+    ENTRY,
+    IS_DIR,
+    LOW_128,
+    NODE,
+    Aggregate,
+    Node,
+    Stats,
+    entry_digests,
+    entry_hash,
+    float_of_sortable,
+    mtime_number,
+    pack_agg,
+    pack_node,
+    sortable_float,
+    unpack_agg,
+    unpack_node,
+)
 from fustor.store.state import StateReads, StateWrites
 
 NEG = float("-inf")
+_int = int.from_bytes
+_entry = ENTRY.pack
+_bits = DOUBLE.pack
+# a directory with this many direct children keeps an index of their mtimes (so the
+# newest is found in O(log n)); it loses the index again below SMALL_DIR
+BIG_DIR = 512
+SMALL_DIR = 256
 
 
 class Dbs(NamedTuple):
@@ -42,11 +80,12 @@ class Dbs(NamedTuple):
     blind_deletions: object
     audit_dirs: object
     meta: object
+    child_mtimes: object  # DUPSORT: dir key -> sortable(mtime) + name, for big directories
+    tombstone_expiry: object  # sortable(wall_ts) + node key -> empty
 
 
-def _pack_agg(path: bytes, f: int, d: int, s: int, m: float) -> bytes:
-    head = AGG.pack(f, d, s, m)
-    return head + path if keys.needs_path_tail(path) else head
+# tables opened with DUPSORT
+DUPSORT = frozenset({"child_mtimes"})
 
 
 class TreeReader(StateReads):
@@ -143,7 +182,7 @@ class TreeReader(StateReads):
         key = keys.node_key(path)
         v = self.txn.get(key, db=self.dbs.aggregates)
         if v is not None:
-            return Stats(*AGG.unpack_from(v))
+            return Stats(*AGG.unpack_from(v)[:4])
         n = self.txn.get(key, db=self.dbs.nodes)
         if n is None:
             return None
@@ -151,6 +190,21 @@ class TreeReader(StateReads):
         if node.is_dir:  # pragma: no cover - a directory always has its aggregate
             return self.stats_by_scan(path)
         return Stats(1, 0, node.size, node.modified_time)
+
+    def aggregate(self, path: bytes) -> Aggregate | None:
+        """The whole aggregate record of directory ``path`` (None for a file or a missing path)."""
+        v = self.txn.get(keys.node_key(path), db=self.dbs.aggregates)
+        return None if v is None else unpack_agg(v)
+
+    def suspects_under(self, path: bytes) -> int:
+        """Suspect entries at ``path`` or below it: a key range of the suspects table, so
+        the cost is the number of suspects under ``path``, not the size of the view."""
+        n = 1 if self.txn.get(keys.node_key(path), db=self.dbs.suspects) is not None else 0
+        if path == keys.ROOT:
+            return self.count(self.dbs.suspects)
+        for _k, _v in self.iter_subtree(path, self.dbs.suspects):
+            n += 1
+        return n
 
     def stats_by_scan(self, path: bytes) -> Stats | None:
         """The same figures as :meth:`stats`, recomputed by a range scan (for checking)."""
@@ -207,13 +261,28 @@ def _fixed_size(dbs: Dbs, db) -> int:
     return 0
 
 
+def _index_value(name: bytes, mtime: float) -> bytes:
+    return sortable_float(mtime) + name
+
+
 class TreeWriter(TreeReader, StateWrites):
     """Write primitives inside one write transaction; call :meth:`flush` before commit."""
 
-    def __init__(self, txn, dbs: Dbs) -> None:
+    def __init__(self, txn, dbs: Dbs, now: float | None = None) -> None:
         super().__init__(txn, dbs)
+        # directory -> pending [files, dirs, size, added mtime, removed mtime, digest,
+        # digest_nomtime, children] deltas of this job
         self._pend: dict[bytes, list] = {}
-        self._dirs: set[bytes] = set()
+        # directories known to exist in this job -> whether they keep a child-mtime index
+        self._dirs: dict[bytes, bool] = {}
+        # strict ancestors of every directory in _pend or _dirs, made on the job's first
+        # directory delete and kept from then on: deleting a directory that is not in here
+        # has nothing of this job's state to forget (no per-delete rebuild)
+        self._anc: set[bytes] | None = None
+        # whether any directory keeps a child-mtime index (None: not looked yet)
+        self._any_index: bool | None = None
+        # the fusion-side wall time of this job's changes (last_change_at)
+        self.now = time.time() if now is None else now
 
     # -- upsert -------------------------------------------------------------------
     def upsert(
@@ -277,15 +346,28 @@ class TreeWriter(TreeReader, StateWrites):
             node.audit_mark = audit_mark
         self.txn.put(key, pack_node(node), db=nodes)
         if is_dir:
-            self._dirs.add(path)
+            if path not in self._dirs:
+                self._know_dir(path, key)
             if modified_time != old_m:
-                self._acc(path, 0, 0, 0, modified_time, old_m if modified_time < old_m else None)
+                c = entry_hash(path, True, 0)[1]
+                self._acc(path, 0, 0, 0, modified_time, old_m if modified_time < old_m else None,
+                          c * (mtime_number(modified_time) - mtime_number(old_m)), 0)
         elif size != old_size or modified_time != old_m:
+            if size == old_size:  # only the mtime moved: one hash, the same for both
+                a, c = entry_hash(path, False, size)
+                dig, dnm = c * (mtime_number(modified_time) - mtime_number(old_m)), 0
+            else:
+                new = entry_digests(path, False, size, modified_time)
+                was = entry_digests(path, False, old_size, old_m)
+                dig, dnm = new[0] - was[0], new[1] - was[1]
             self._acc(
                 parent, 0, 0, size - old_size,
                 modified_time if modified_time != old_m else None,
                 old_m if modified_time < old_m else None,
+                dig, dnm,
             )
+            if modified_time != old_m and self._dirs[parent]:
+                self._index_move(parent, path, old_m, modified_time)
         return node
 
     def put_flags(self, node: Node) -> None:
@@ -296,13 +378,34 @@ class TreeWriter(TreeReader, StateWrites):
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
         self.txn.put(key, pack_node(node), db=self.dbs.nodes)
         m = node.modified_time
+        # entry_digests, inlined: this runs for every new node
+        h = DIGEST_SEED.copy()
+        h.update(node.path + b"\0" + _entry(node.is_dir, 0 if node.is_dir else node.size))
+        x = _int(h.digest(), "little")
+        dnm = x & LOW_128
+        dig = dnm + (x >> 128) * _int(_bits(m), "little")
         if node.is_dir:
-            self.txn.put(key, _pack_agg(node.path, 0, 1, 0, m), db=self.dbs.aggregates)
-            self._dirs.add(node.path)
+            self.txn.put(key, pack_agg(node.path, (0, 1, 0, m, dig, dnm, self.now, 0)),
+                         db=self.dbs.aggregates)
+            self._dirs[node.path] = False
+            self._note(node.path)
             if node.path != keys.ROOT:
-                self._acc(parent, 0, 1, 0, m, None)
+                self._acc(parent, 0, 1, 0, m, None, dig, dnm, 1)
         else:
-            self._acc(parent, 1, 0, node.size, m, None)
+            e = self._pend.get(parent)
+            if e is None:
+                self._acc(parent, 1, 0, node.size, m, None, dig, dnm, 1)
+            else:  # the common case of a crawl: _acc inlined
+                e[0] += 1
+                e[2] += node.size
+                if m > e[3]:
+                    e[3] = m
+                e[5] += dig
+                e[6] += dnm
+                e[7] += 1
+        if node.path != keys.ROOT and self._dirs[parent]:
+            self._index_put(parent, node.path, m)
+        # (node created: hooks of other derived tables go here)
 
     def _ensure_dir(self, d: bytes) -> None:
         missing = []
@@ -314,7 +417,7 @@ class TreeWriter(TreeReader, StateWrites):
             raw = self.txn.get(key, db=nodes)
             if raw is not None:
                 if raw[0] & IS_DIR:
-                    self._dirs.add(d)
+                    self._know_dir(d, key)
                     break
                 self._delete_at(d, key, unpack_node(key, raw))  # a file is in the way
             missing.append(d)
@@ -342,29 +445,160 @@ class TreeWriter(TreeReader, StateWrites):
         dbs = self.dbs
         self.txn.delete(key, db=dbs.nodes)
         self._drop_node_state(key, path, node.is_dir)
+        # (node deleted: hooks of other derived tables go here; a directory's
+        # descendants go in _delete_subtree)
         if not node.is_dir:
-            self._acc(parent, -1, 0, -node.size, None, node.modified_time)
+            dig, dnm = entry_digests(path, False, node.size, node.modified_time)
+            self._acc(parent, -1, 0, -node.size, None, node.modified_time, -dig, -dnm, -1)
+            if self._has_index(parent):
+                self._index_del(parent, path, node.modified_time)
             return 1
-        f, d, s, m = AGG.unpack_from(self.txn.get(key, db=dbs.aggregates))
+        agg = unpack_agg(self.txn.get(key, db=dbs.aggregates))
         self.txn.delete(key, db=dbs.aggregates)
-        inside = path + b"/"
-        for p in [p for p in self._pend if p == path or p.startswith(inside)]:
-            del self._pend[p]
-        self._dirs = {p for p in self._dirs if not (p == path or p.startswith(inside))}
-        for k, v in list(self.iter_subtree(path, dbs.suspects)):
-            self._forget_suspect(k, v)  # while the nodes are there to say file or directory
-        removed = 0
-        for db in (dbs.nodes, dbs.aggregates, dbs.blind_additions):
-            n = self._delete_range(path, db)
-            if db is dbs.nodes:
-                removed = n
-        self._acc(parent, -f, -d, -s, None, m)
+        if self._has_any_index():
+            self.txn.delete(key, db=dbs.child_mtimes)
+        self._forget_job_state(path)
+        removed = self._delete_subtree(path)
+        self._acc(parent, -agg.file_count, -agg.dir_count, -agg.total_size, None,
+                  agg.latest_mtime, -agg.digest, -agg.digest_nomtime, -1)
+        if self._has_index(parent):
+            self._index_del(parent, path, agg.latest_mtime)
         return removed + 1
 
-    def _delete_range(self, path: bytes, db) -> int:
+    def _delete_subtree(self, path: bytes) -> int:
+        """Remove every strict descendant of directory ``path`` from the per-path tables;
+        returns how many nodes went."""
+        dbs = self.dbs
+        if keys.subtree_ranges(path)[0][1]:
+            return self._delete_subtree_by_walk(path)
+        stat = self.txn.stat
+        if stat(dbs.suspects)["entries"]:
+            for k, v in list(self.iter_subtree(path, dbs.suspects)):
+                self._forget_suspect(k, v)  # while the nodes are there to say file or directory
+        removed, dirs = self._delete_range(path, dbs.nodes, count_dirs=True)
+        if dirs:  # only directories have aggregates and child-mtime indexes
+            self._delete_range(path, dbs.aggregates)
+            if self._has_any_index():
+                self._delete_range(path, dbs.child_mtimes)
+        if stat(dbs.blind_additions)["entries"]:
+            self._delete_range(path, dbs.blind_additions)
+        return removed
+
+    def _delete_subtree_by_walk(self, path: bytes) -> int:
+        """The subtree of a directory whose path is too long for its own key range (its
+        descendants' keys share only a hashed prefix with unrelated paths): found by
+        following the children layout, so the cost is the subtree, not the prefix."""
+        dbs = self.dbs
+        txn = self.txn
+        found: list[tuple[bytes, bool]] = []
+        stack = [path]
+        while stack:
+            d = stack.pop()
+            for k, v in self._range(keys.dir_prefix(d)):
+                is_dir = bool(v[0] & IS_DIR)
+                found.append((bytes(k), is_dir))
+                if is_dir:
+                    stack.append(keys.path_of(k, bytes(v[NODE.size :])))
+        for k, is_dir in found:
+            s = txn.get(k, db=dbs.suspects)
+            if s is not None:
+                self._forget_suspect(k, s, is_dir)
+            txn.delete(k, db=dbs.nodes)
+            txn.delete(k, db=dbs.blind_additions)
+            if is_dir:
+                txn.delete(k, db=dbs.aggregates)
+                txn.delete(k, db=dbs.child_mtimes)
+        return len(found)
+
+    def _forget_job_state(self, path: bytes) -> None:
+        """Drop this job's pending deltas and directory cache for directory ``path`` and
+        everything under it. O(1) unless this job touched something under ``path``."""
+        self._pend.pop(path, None)
+        self._dirs.pop(path, None)
+        if self._anc is None:
+            self._anc = set()
+            for d in (*self._pend, *self._dirs):
+                self._note(d)
+        if path not in self._anc:
+            return
+        inside = path + b"/"
+        for p in [p for p in self._pend if p.startswith(inside)]:
+            del self._pend[p]
+        for p in [p for p in self._dirs if p.startswith(inside)]:
+            del self._dirs[p]
+
+    def _note(self, d: bytes) -> None:
+        """Record ``d``'s ancestors in ``_anc`` (stops at the first one already there)."""
+        anc = self._anc
+        if anc is None:  # no directory deleted yet in this job
+            return
+        while d != keys.ROOT:
+            d = keys.parent_of(d)
+            if d in anc:
+                return
+            anc.add(d)
+
+    def _has_any_index(self) -> bool:
+        """Whether some directory keeps a child-mtime index (looked up once per job)."""
+        if self._any_index is None:
+            self._any_index = self.txn.stat(self.dbs.child_mtimes)["entries"] > 0
+        return self._any_index
+
+    def _know_dir(self, d: bytes, key: bytes) -> bool:
+        indexed = self._has_any_index() and self.txn.get(key, db=self.dbs.child_mtimes) is not None
+        self._dirs[d] = indexed
+        self._note(d)
+        return indexed
+
+    def _has_index(self, d: bytes) -> bool:
+        """Whether existing directory ``d`` keeps a child-mtime index."""
+        v = self._dirs.get(d)
+        return self._know_dir(d, keys.node_key(d)) if v is None else v
+
+    # -- child-mtime index of big directories ---------------------------------------
+    def _index_put(self, d: bytes, child: bytes, mtime: float) -> None:
+        name = child[child.rfind(b"/") + 1 :]
+        self.txn.put(keys.node_key(d), _index_value(name, mtime), db=self.dbs.child_mtimes)
+
+    def _index_del(self, d: bytes, child: bytes, mtime: float) -> None:
+        name = child[child.rfind(b"/") + 1 :]
+        self.txn.delete(keys.node_key(d), _index_value(name, mtime), db=self.dbs.child_mtimes)
+
+    def _index_move(self, d: bytes, child: bytes, old: float, new: float) -> None:
+        if old != new:
+            self._index_del(d, child, old)
+            self._index_put(d, child, new)
+
+    def build_child_index(self, d: bytes, key: bytes | None = None) -> None:
+        """Index the mtimes of ``d``'s direct children (files: their mtime; directories:
+        their subtree's latest_mtime), replacing any index it had."""
+        key = keys.node_key(d) if key is None else key
+        db = self.dbs.child_mtimes
+        aggdb = self.dbs.aggregates
+        self.txn.delete(key, db=db)
+        items = []
+        for k, v in self.iter_children_raw(d):
+            m = AGG.unpack_from(self.txn.get(k, db=aggdb))[3] if v[0] & IS_DIR else NODE.unpack_from(v)[2]
+            items.append(_index_value(keys.name_of_key(k), m))
+        items.sort()
+        cur = self.txn.cursor(db=db)
+        cur.putmulti([(key, it) for it in items], dupdata=True)
+        self._any_index = True
+        self._dirs[d] = True
+        self._note(d)
+
+    def _drop_child_index(self, d: bytes, key: bytes) -> None:
+        self.txn.delete(key, db=self.dbs.child_mtimes)
+        self._dirs[d] = False
+
+    def _delete_range(self, path: bytes, db, count_dirs: bool = False):
+        """Delete ``path``'s strict descendants from ``db``; returns how many (and, with
+        ``count_dirs``, ``(how many, how many were directories)``)."""
         fixed = _fixed_size(self.dbs, db)
+        dup = db is self.dbs.child_mtimes
         want = path + b"/"
         n = 0
+        dirs = 0
         for prefix, must_filter in keys.subtree_ranges(path):
             cur = self.txn.cursor(db=db)
             if not cur.set_range(prefix):
@@ -378,15 +612,19 @@ class TreeWriter(TreeReader, StateWrites):
                         break
                     continue
                 n += 1
-                if not cur.delete():
+                if count_dirs and cur.value()[0] & IS_DIR:
+                    dirs += 1
+                if not cur.delete(dupdata=dup):
                     break
-        return n
+        return (n, dirs) if count_dirs else n
 
     # -- aggregates ---------------------------------------------------------------
-    def _acc(self, d: bytes, df: int, dd: int, ds: int, added, removed) -> None:
+    def _acc(self, d: bytes, df: int, dd: int, ds: int, added, removed, dig: int = 0,
+             dnm: int = 0, dchildren: int = 0) -> None:
         e = self._pend.get(d)
         if e is None:
-            e = self._pend[d] = [0, 0, 0, NEG, NEG]
+            e = self._pend[d] = [0, 0, 0, NEG, NEG, 0, 0, 0]
+            self._note(d)
         e[0] += df
         e[1] += dd
         e[2] += ds
@@ -394,9 +632,16 @@ class TreeWriter(TreeReader, StateWrites):
             e[3] = added
         if removed is not None and removed > e[4]:
             e[4] = removed
+        e[5] += dig
+        e[6] += dnm
+        e[7] += dchildren
 
     def flush(self) -> None:
-        """Apply pending aggregate deltas, deepest directory first, once per directory."""
+        """Apply pending aggregate deltas, deepest directory first, once per directory.
+
+        Every pending entry is a change in that subtree, so it also moves the
+        directory's ``last_change_at`` to this job's time and is handed on to the parent.
+        """
         pend = self._pend
         if not pend:
             return
@@ -404,6 +649,7 @@ class TreeWriter(TreeReader, StateWrites):
         for d in pend:
             buckets.setdefault(keys.depth(d), []).append(d)
         aggdb = self.dbs.aggregates
+        now = self.now
         depth = max(buckets)
         while depth >= 0:
             for d in buckets.pop(depth, ()):
@@ -412,19 +658,29 @@ class TreeWriter(TreeReader, StateWrites):
                 raw = self.txn.get(key, db=aggdb)
                 if raw is None:
                     raise PathError(f"aggregate of {keys.display(d)!r} is missing")
-                f, dc, s, m = AGG.unpack_from(raw)
+                f, dc, s, m, dig, dnm, lca, cc = unpack_agg(raw)
+                cc += e[7]
+                indexed = self._has_index(d)
+                if not indexed and cc >= BIG_DIR:
+                    self.build_child_index(d, key)
+                    indexed = True
+                elif indexed and cc < SMALL_DIR:
+                    self._drop_child_index(d, key)
+                    indexed = False
                 add, rem = e[3], e[4]
                 best = add if add > m else m
                 # a removal at or above the best candidate may have taken the maximum
-                nm = self._max_of_children(d, key) if rem >= best else best
-                if e[0] or e[1] or e[2] or nm != m:
-                    self.txn.put(key, _pack_agg(d, f + e[0], dc + e[1], s + e[2], nm), db=aggdb)
-                if d == keys.ROOT or not (e[0] or e[1] or e[2] or nm != m):
+                nm = self._max_of_children(d, key, indexed, best) if rem >= best else best
+                self.txn.put(key, pack_agg(d, (f + e[0], dc + e[1], s + e[2], nm, dig + e[5],
+                                               dnm + e[6], now if now > lca else lca, cc)), db=aggdb)
+                if d == keys.ROOT:
                     continue
                 p = keys.parent_of(d)
+                if nm != m and self._has_index(p):
+                    self._index_move(p, d, m, nm)
                 pe = pend.get(p)
                 if pe is None:
-                    pe = pend[p] = [0, 0, 0, NEG, NEG]
+                    pe = pend[p] = [0, 0, 0, NEG, NEG, 0, 0, 0]
                     buckets.setdefault(depth - 1, []).append(p)
                 pe[0] += e[0]
                 pe[1] += e[1]
@@ -433,11 +689,25 @@ class TreeWriter(TreeReader, StateWrites):
                     pe[3] = nm
                 elif nm < m and m > pe[4]:
                     pe[4] = m
+                pe[5] += e[5]
+                pe[6] += e[6]
             depth -= 1
 
-    def _max_of_children(self, d: bytes, key: bytes) -> float:
+    def _max_of_children(self, d: bytes, key: bytes, indexed: bool = False,
+                         bound: float = float("inf")) -> float:
+        """The largest of ``d``'s own mtime and its children's (latest) mtimes. ``bound`` is
+        known to be at least that maximum, so the first value reaching it ends the search
+        (many equal mtimes are common)."""
         own = self.txn.get(key, db=self.dbs.nodes)
         m = NODE.unpack_from(own)[2] if own is not None else 0.0
+        if m >= bound:
+            return m
+        if indexed:  # the newest child is the last of the index: O(log n)
+            cur = self.txn.cursor(db=self.dbs.child_mtimes)
+            if cur.set_key(key) and cur.last_dup():
+                cm = float_of_sortable(cur.value())
+                return cm if cm > m else m
+            return m
         aggdb = self.dbs.aggregates
         for k, v in self.iter_children_raw(d):
             if v[0] & IS_DIR:
@@ -445,5 +715,7 @@ class TreeWriter(TreeReader, StateWrites):
             else:
                 cm = NODE.unpack_from(v)[2]
             if cm > m:
+                if cm >= bound:
+                    return cm
                 m = cm
         return m

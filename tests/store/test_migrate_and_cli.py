@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from fustor import migrations
 from fustor.cli import main
 from fustor.errors import StoreFormatError
-from fustor.store import Store, keys
+from fustor.store import FORMAT_VERSION, Store, keys
 from fustor.store.inspect import verify
 from fustor.store.records import AGG
 
@@ -66,7 +66,7 @@ def expected_root_stats(nodes):
 
 def check_migrated(path, nodes):
     with Store(path) as store:
-        assert store.format_version == 1 and store.tree_id == "t0"
+        assert store.format_version == FORMAT_VERSION and store.tree_id == "t0"
         with store.read() as r:
             assert r.meta("migrations") == ["m0001_format1"]
             assert r.count(r.dbs.nodes) == len(nodes)
@@ -203,7 +203,7 @@ def test_inspect_text_output(tmp_path):
     result = invoke("inspect", path)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert re.search(r"format\s+1\s+tree id inspect-me", out)
+    assert re.search(r"format\s+2\s+tree id inspect-me", out)
     assert re.search(r"nodes\s+11 \(8 files, 3 dirs\)", out)
     assert re.search(rf"size on disk\s+{path.stat().st_size:,} bytes", out)
     assert re.search(r"total_size 103\s+latest_mtime 100.0", out)
@@ -215,7 +215,7 @@ def test_inspect_json_output(tmp_path):
     result = invoke("inspect", path, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["format_version"] == 1 and out["tree_id"] == "inspect-me"
+    assert out["format_version"] == FORMAT_VERSION and out["tree_id"] == "inspect-me"
     assert (out["nodes"], out["files"], out["dirs"]) == (11, 8, 3)
     assert out["disk_bytes"] == path.stat().st_size
     assert out["stats"] == {"file_count": 8, "dir_count": 3, "total_size": 103,
@@ -256,8 +256,8 @@ def corrupt_aggregate(path, directory):
     try:
         with env.begin(write=True) as txn:
             aggs = env.open_db(b"aggregates", txn=txn, create=False)
-            f, d, s, m = AGG.unpack(txn.get(keys.node_key(directory), db=aggs))
-            txn.put(keys.node_key(directory), AGG.pack(f + 1, d, s + 5, m), db=aggs)
+            f, d, s, *rest = AGG.unpack(txn.get(keys.node_key(directory), db=aggs))
+            txn.put(keys.node_key(directory), AGG.pack(f + 1, d, s + 5, *rest), db=aggs)
     finally:
         env.close()
 

@@ -239,8 +239,12 @@ async def compare(
     recursive: bool = Query(True, description="Descend into subtrees whose aggregates differ"),
     limit: int = Query(1000, ge=1, le=100_000),
     after: str | None = Query(None, description="Page on: next_after of the previous page"),
+    reference: str | None = Query(None, description="Member the others are counted against "
+                                  "in summary (default: the one with the most files under path)"),
 ):
-    """Forest views: what differs between members under path (missing, size, mtime, subtree)."""
+    """Forest views: what differs between members under path (missing, type, size, mtime,
+    subtree), exact (subtree digests); ``summary`` counts per member what it lacks, has
+    extra and has different compared with the reference member."""
     _f, v = _ctx(request, view_id)
     path = raw_query(request, "path", path)
     after = raw_query(request, "after", after)
@@ -249,4 +253,4 @@ async def compare(
     names = [m for m in (members or "").split(",") if m] or None
     return json_response(await run_in_threadpool(
         lambda: v.compare(path, members=names, mtime=mtime, recursive=recursive, limit=limit,
-                          after=after)))
+                          after=after, reference=reference)))

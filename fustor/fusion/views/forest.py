@@ -5,19 +5,19 @@ arbitration, tombstones, suspects, blind spots, audit cycle, clock — with its 
 leader election under the key ``"<view>:<pipe>"``. The forest only answers
 questions across members: per-member stats of a path (and which member is
 "best"), the best member's tree, and ``compare``: what differs between members
-under a directory, descending only into subtrees whose aggregates differ.
+under a directory, descending only into subtrees whose digests differ (exact, and
+the cost is the differences, not the files; see ``fustor/store/README.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 from fustor.errors import BadQueryError, FustorError, NotFoundError
 from fustor.fusion.views.fs import FsView, node_json
 from fustor.store import keys
-from fustor.store.records import AGG_COUNTS, IS_DIR, NODE_SIZE, NODE_SIZE_AND_MTIME, unpack_node
+from fustor.store.compare import differing_children, same_subtree, tally
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
 EPS = 1e-6
@@ -76,11 +76,13 @@ class ForestView:
         for pipe, m in sorted(self.members.items()):
             with m.store.read() as r:
                 s = r.stats(p)
+                settled = m.settled(r, p) if s is not None else None
             if s is None:
                 out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "error",
                             "message": f"path {path!r} is not in this member"})
             else:
-                out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "ok", **s.as_dict()})
+                out.append({"fusion_pipe_id": pipe, "view_id": pipe, "status": "ok", **s.as_dict(),
+                            **settled})
         result = {"path": keys.display(p), "members": out, "best": None}
         if best:
             ok = [e for e in out if e["status"] == "ok"]
@@ -108,13 +110,19 @@ class ForestView:
         return {"path": path, "members": out}
 
     def compare(self, path: str = "/", *, members: list[str] | None = None, mtime: bool = True,
-                recursive: bool = True, limit: int = 1000, after: str | None = None) -> dict:
-        """Entries under ``path`` whose presence, size or mtime differ between members.
+                recursive: bool = True, limit: int = 1000, after: str | None = None,
+                reference: str | None = None) -> dict:
+        """Entries under ``path`` whose presence, type, size or mtime differ between members.
 
-        Directories are compared by their subtree aggregates (file_count, dir_count,
-        total_size, and latest_mtime when ``mtime``); only differing ones are listed
-        and descended into. Results come in path order; pass ``next_after`` back as
-        ``after`` for the next page.
+        Directories are compared by their subtree digests (without mtimes when
+        ``mtime`` is false): equal digests mean equal subtrees, so only differing
+        directories are listed ("subtree") and descended into. Results come in path
+        order; pass ``next_after`` back as ``after`` for the next page.
+
+        ``summary`` says, for every member but the ``reference`` (default: the member
+        with the most files under ``path``), exactly how many files and directories of
+        the reference it lacks, how many it has extra, and how many of both differ
+        (size or mtime; a directory by its own mtime), whatever ``limit`` is.
         """
         current = self.members
         names = sorted(members or current)
@@ -131,16 +139,36 @@ class ForestView:
             tops = {n: r.get(top) for n, r in readers.items()}
             if not any(tops.values()):
                 raise NotFoundError(f"path {path!r} is in no member")
-            more = self._compare(readers, top, mtime, recursive, limit, after_parts, out)
+            ref = self._reference(readers, top, reference)
+            if same_subtree(list(readers.values()), top, mtime):
+                more = False  # the usual answer for complete copies, in O(members)
+            else:
+                more = self._compare(readers, top, mtime, recursive, limit, after_parts, out)
+            summary = {n: tally(readers[ref], readers[n], top, mtime)
+                       for n in names if n != ref}
         result = {"path": keys.display(top), "members": names, "differences": out,
-                  "next_after": out[-1]["path"] if more and out else None}
+                  "next_after": out[-1]["path"] if more and out else None,
+                  "reference": ref, "summary": summary}
         return result
+
+    @staticmethod
+    def _reference(readers: dict, top: bytes, reference: str | None) -> str:
+        if reference is not None:
+            if reference not in readers:
+                raise BadQueryError(f"reference {reference!r} is not one of the compared members")
+            return reference
+
+        def files(n: str) -> int:
+            st = readers[n].stats(top)
+            return -1 if st is None else st.file_count
+
+        return max(sorted(readers), key=files)  # ties: the first name
 
     def _compare(self, readers: dict, top: bytes, mtime: bool, recursive: bool, limit: int,
                  after: list[bytes] | None, out: list[dict]) -> bool:
         """Append differences under ``top`` in path order; True when ``limit`` cut the
         listing short. Descends with a stack of per-directory iterators, so any depth works."""
-        stack = [self._differing_children(readers, top, mtime)]
+        stack = [differing_children(readers, top, mtime)]
         while stack:
             item = next(stack[-1], None)
             if item is None:
@@ -156,62 +184,8 @@ class ForestView:
                 aggs = ({n: readers[n].stats(p) for n in nodes} if why == "subtree" else None)
                 out.append(self._entry(readers, p, nodes, why, aggs))
             if descend and recursive:
-                stack.append(self._differing_children(readers, p, mtime))
+                stack.append(differing_children(readers, p, mtime))
         return False
-
-    @staticmethod
-    def _differing_children(readers: dict, d: bytes, mtime: bool) -> Iterator[tuple]:
-        """``(path, nodes by member, difference, descend)`` of the children of ``d`` that
-        differ, in key order.
-
-        Children are grouped by key and compared as raw records (size and mtime bytes
-        of files, aggregate bytes of directories); only differing ones are decoded.
-        """
-        names = list(readers)
-        lists = [list(readers[n].iter_children_raw(d)) for n in names]
-        file_sig = NODE_SIZE_AND_MTIME if mtime else NODE_SIZE
-        agg_sig = slice(0, None) if mtime else AGG_COUNTS
-        total = len(readers)
-        if all(len(x) == len(lists[0]) for x in lists) and all(
-            x[-1][0] == lists[0][-1][0] and x[0][0] == lists[0][0][0] for x in lists if x
-        ):
-            # the usual case: every member lists the same names; compare record bytes in
-            # step and decode nothing for the (many) equal entries
-            kids = {}
-            for row in zip(*lists, strict=True):
-                k0, v0 = row[0]
-                if any(k != k0 for k, _ in row[1:]):
-                    kids = None
-                    break
-                if v0[0] & IS_DIR or any(v[file_sig] != v0[file_sig] or v[0] != v0[0] for _, v in row[1:]):
-                    kids[k0] = {n: v for n, (_, v) in zip(names, row, strict=True)}
-        else:
-            kids = None
-        if kids is None:
-            kids = {}
-            for n, lst in zip(names, lists, strict=True):
-                for k, v in lst:
-                    kids.setdefault(k, {})[n] = v
-        for key in sorted(kids):
-            have = kids[key]
-            flags = {v[0] & IS_DIR for v in have.values()}
-            descend = False
-            why = None
-            if len(have) < total:
-                why = "missing"
-            elif len(flags) > 1:
-                why = "type"
-            elif flags == {IS_DIR}:
-                aggs = {n: readers[n].aggregate_raw(key) for n in have}
-                if len({bytes(a[agg_sig]) for a in aggs.values()}) > 1:
-                    why, descend = "subtree", True
-            elif len({bytes(v[file_sig]) for v in have.values()}) > 1:
-                sizes = {bytes(v[NODE_SIZE]) for v in have.values()}
-                why = "size" if len(sizes) > 1 else "mtime"
-            if why is None:
-                continue
-            nodes = {n: unpack_node(key, v) for n, v in have.items()}
-            yield next(iter(nodes.values())).path, nodes, why, descend
 
     @staticmethod
     def _entry(readers: dict, p: bytes, have: dict, why: str, aggs: dict | None = None) -> dict:

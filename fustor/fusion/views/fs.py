@@ -68,10 +68,12 @@ class FsView:
 
     def __init__(self, view_id: str, store_path: Path, *, hot_file_threshold: float = 30.0,
                  tombstone_ttl_seconds: float = 3600.0, max_nodes: int = 0,
-                 max_tree_items: int = 100_000, now: Callable[[], float] = time.time) -> None:
+                 max_tree_items: int = 100_000, settle_s: float | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.id = view_id
         self.store = Store(store_path)
         self.max_tree_items = max_tree_items
+        self.settle_s = hot_file_threshold if settle_s is None else settle_s
         self.state = rules.ViewState(
             hot_file_threshold=hot_file_threshold, tombstone_ttl_seconds=tombstone_ttl_seconds,
             max_nodes=max_nodes, now=now,
@@ -152,6 +154,22 @@ class FsView:
             n, more = await self.run(lambda w, st: rules.sweep_chunk(w, st, chunk))
             cleared += n
         return cleared
+
+    def _purge_cutoff(self) -> float:
+        # what the last audit end purges: tombstones older than the TTL at that time
+        # (the spec purges only at audit end; this finishes that purge in chunks)
+        st = self.state
+        return st.last_audit_finished_at - st.tombstone_ttl_seconds if st.last_audit_finished_at else 0.0
+
+    def tombstones_due(self) -> bool:
+        """True when the last audit end left expired tombstones for later chunks."""
+        cutoff = self._purge_cutoff()
+        with self.store.read() as r:
+            return cutoff > 0 and r.tombstones_due(cutoff)
+
+    async def purge_tombstones(self) -> int:
+        """Go on with the last audit end's tombstone purge: one bounded chunk."""
+        return await self.run(lambda w, st: w.purge_tombstones(self._purge_cutoff()), save=False)
 
     async def update_suspects(self, updates: list[dict]) -> int:
         """Apply re-stat results; an item without a usable path and mtime is skipped
@@ -239,10 +257,12 @@ class FsView:
             dbs = r.dbs
             n_add, n_del = r.count(dbs.blind_additions), r.count(dbs.blind_deletions)
             suspect_files = r.suspect_file_count()
+            settled = self.settled(r, p)
         last = st.last_event_at
         return {
             "path": keys.display(p),
             **s.as_dict(),
+            **settled,
             # the names of the original's answer, for the same subtree (the directory
             # itself counts in dir_count and item_count, as "/" did there)
             "item_count": s.file_count + s.dir_count,
@@ -261,6 +281,21 @@ class FsView:
             "last_event_at": last or None,
             "seconds_since_last_event": round(max(0.0, time.time() - last), 3) if last else None,
         }
+
+    def settled(self, r, p: bytes) -> dict:
+        """Has the data under ``p`` stopped changing? ``last_change_at``: fusion's wall time
+        of the latest change under ``p`` (deletions included; for a file, its directory's);
+        ``suspects_under``: suspect entries at or under ``p`` (a key range, not a scan of
+        the view); ``settled``: quiet for ``settle_s`` and no suspect under ``p``. What it
+        promises and cannot know: docs/consistency.md, "Settled"."""
+        agg = r.aggregate(p)
+        if agg is None:  # a file: the time its directory last changed
+            agg = r.aggregate(keys.parent_of(p))
+        last = agg.last_change_at if agg is not None else 0.0
+        quiet = max(0.0, time.time() - last)
+        under = r.suspects_under(p)
+        return {"last_change_at": last, "quiet_for_s": round(quiet, 3), "suspects_under": under,
+                "settle_s": self.settle_s, "settled": quiet >= self.settle_s and under == 0}
 
     def search(self, pattern: str, path: str = "/", limit: int = 1000) -> list[dict]:
         with self.store.read() as r:
