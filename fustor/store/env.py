@@ -25,7 +25,7 @@ from fustor.errors import (
     StoreError,
     StoreFormatError,
 )
-from fustor.store import keys
+from fustor.store import index, keys
 from fustor.store.records import Node
 from fustor.store.tree import Dbs, TreeReader, TreeWriter
 from fustor.store.writer import Writer, is_disk_full
@@ -189,13 +189,17 @@ class Store:
         _init_tables(self.env, tree_id)
 
     def _open_dbs(self) -> Dbs:
+        with self.env.begin() as txn:
+            missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
         if self.readonly:
-            with self.env.begin() as txn:
-                missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
             if missing:
                 raise StoreFormatError(f"{self.path} lacks tables {missing}; it is not a fustor store")
-            return Dbs(*(self.env.open_db(n.encode(), create=False) for n in DB_NAMES))
-        return Dbs(*(self.env.open_db(n.encode()) for n in DB_NAMES))
+            return Dbs(*(_open_db(self.env, n, create=False) for n in DB_NAMES))
+        dbs = Dbs(*(_open_db(self.env, n) for n in DB_NAMES))
+        if index.NAMES in missing:  # written before the name index: build it once
+            with self.env.begin(write=True) as txn:
+                index.build_index(txn, dbs)
+        return dbs
 
     # -- reads --------------------------------------------------------------------
     @contextmanager
@@ -323,7 +327,7 @@ class Store:
 
 def _init_tables(env: lmdb.Environment, tree_id: str) -> None:
     with env.begin(write=True) as txn:
-        dbs = Dbs(*(env.open_db(n.encode(), txn=txn) for n in DB_NAMES))
+        dbs = Dbs(*(_open_db(env, n, txn=txn) for n in DB_NAMES))
         w = TreeWriter(txn, dbs)
         w.put_meta("format_version", FORMAT_VERSION)
         w.put_meta("tree_id", tree_id)
@@ -331,6 +335,11 @@ def _init_tables(env: lmdb.Environment, tree_id: str) -> None:
         w.put_meta("migrations", [])
         w.upsert(keys.ROOT, True)
         w.flush()
+
+
+def _open_db(env: lmdb.Environment, name: str, **kw):
+    """One named table; the name index keeps several node keys per name (DUPSORT)."""
+    return env.open_db(name.encode(), dupsort=name == index.NAMES, **kw)
 
 
 def _create_atomically(path: Path, tree_id: str) -> None:

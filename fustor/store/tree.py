@@ -17,14 +17,13 @@ children (files' mtimes and subdirectories' aggregates), never from the subtree.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from fustor.errors import PathError
-from fustor.store import keys
+from fustor.store import index, keys
 from fustor.store.records import AGG, IS_DIR, NODE, Node, Stats, pack_node, unpack_node
+from fustor.store.search import Found, Query, Searcher
 from fustor.store.state import StateReads, StateWrites
 
 NEG = float("-inf")
@@ -42,6 +41,8 @@ class Dbs(NamedTuple):
     blind_deletions: object
     audit_dirs: object
     meta: object
+    names: object
+    name_blobs: object
 
 
 def _pack_agg(path: bytes, f: int, d: int, s: int, m: float) -> bytes:
@@ -175,26 +176,11 @@ class TreeReader(StateReads):
         return Stats(f, d, s, m)
 
     # -- search -------------------------------------------------------------------
-    def search(self, pattern: str, path: bytes = keys.ROOT, limit: int | None = 1000) -> list[Node]:
-        """Files under ``path`` whose name matches the glob ``pattern``, whose full path
-        matches it, or whose name contains it (case-insensitive); at most ``limit``."""
-        name_glob = re.compile(fnmatch.translate(pattern), re.S).match
-        needle = pattern.lower()
-        out: list[Node] = []
-        if limit is not None and limit <= 0:
-            return out
-        for k, v in self.iter_subtree(path):
-            if v[0] & IS_DIR:
-                continue
-            name = keys.display(keys.name_of_key(k))
-            if not (name_glob(name) or needle in name.lower()):
-                full = keys.display(keys.path_of(k, bytes(v[NODE.size :])))
-                if not name_glob(full):
-                    continue
-            out.append(unpack_node(k, v))
-            if limit is not None and len(out) >= limit:
-                break
-        return out
+    def search(self, pattern: str, path: bytes = keys.ROOT, limit: int | None = 1000, *,
+               after: str | None = None, **filters) -> Found:
+        """Nodes under ``path`` matching ``pattern`` (see :mod:`fustor.store.search` for what a
+        pattern means, the filters and the order), one page of at most ``limit``."""
+        return Searcher(self.txn, self.dbs, Query(pattern, path, **filters)).page(after, limit)
 
 
 def _fixed_size(dbs: Dbs, db) -> int:
@@ -214,6 +200,7 @@ class TreeWriter(TreeReader, StateWrites):
         super().__init__(txn, dbs)
         self._pend: dict[bytes, list] = {}
         self._dirs: set[bytes] = set()
+        self.index_pending = index.Pending()
 
     # -- upsert -------------------------------------------------------------------
     def upsert(
@@ -295,6 +282,7 @@ class TreeWriter(TreeReader, StateWrites):
 
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
         self.txn.put(key, pack_node(node), db=self.dbs.nodes)
+        index.add(self, key)
         m = node.modified_time
         if node.is_dir:
             self.txn.put(key, _pack_agg(node.path, 0, 1, 0, m), db=self.dbs.aggregates)
@@ -341,6 +329,7 @@ class TreeWriter(TreeReader, StateWrites):
         parent = keys.parent_of(path)
         dbs = self.dbs
         self.txn.delete(key, db=dbs.nodes)
+        index.remove(self, key)
         self._drop_node_state(key, path, node.is_dir)
         if not node.is_dir:
             self._acc(parent, -1, 0, -node.size, None, node.modified_time)
@@ -353,6 +342,7 @@ class TreeWriter(TreeReader, StateWrites):
         self._dirs = {p for p in self._dirs if not (p == path or p.startswith(inside))}
         for k, v in list(self.iter_subtree(path, dbs.suspects)):
             self._forget_suspect(k, v)  # while the nodes are there to say file or directory
+        index.remove_subtree(self, path)
         removed = 0
         for db in (dbs.nodes, dbs.aggregates, dbs.blind_additions):
             n = self._delete_range(path, db)
@@ -397,6 +387,7 @@ class TreeWriter(TreeReader, StateWrites):
 
     def flush(self) -> None:
         """Apply pending aggregate deltas, deepest directory first, once per directory."""
+        index.flush(self)
         pend = self._pend
         if not pend:
             return
