@@ -168,7 +168,7 @@ main.add_command(fusion)
 main.add_command(agent)
 main.add_command(backup)
 main.add_command(restore)
-for _command in INDEX_COMMANDS:  # find, du, ls, stat, compare
+for _command in INDEX_COMMANDS:  # find, du, ls, stat, compare, locate
     main.add_command(_command)
 
 

@@ -17,13 +17,14 @@ same order in every tree lets a forest merge its members' answers page by page.
 
 Plans, cheapest first: a small subtree (``SUBTREE_SCAN`` entries, known in O(1)
 from its aggregate) is scanned and sorted; an exact name is one lookup; a glob
-with a literal prefix is a key range of ``names``; anything else with a literal
-(substring, suffix, inner text) finds the distinct names holding it with
-``bytes.find`` over the name blocks, up to ``BLOB_CAP`` names, and sorts them;
-past the cap the literal is common, so the distinct names are read in order and
-tested one by one (or, under a directory much smaller than the tree, its subtree
-is scanned). A candidate's node key is checked against the directory before its
-record is read.
+whose literal prefix is its longest literal (or ``PREFIX_ENOUGH`` bytes) is a key
+range of ``names``; anything else with a literal (substring, suffix, inner text)
+finds the distinct names holding its longest literal with ``bytes.find`` over
+the name blocks, up to ``BLOB_CAP`` names, and sorts them; past the cap the
+literal is common, so the distinct names are read in order and tested one by one
+until the page is full. A candidate's node key is checked against the directory
+before its record is read. The one slow case left: a pattern common in the whole
+tree but absent under a large directory reads every distinct name.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from fustor.store import keys
 from fustor.store.index import fold
 from fustor.store.records import AGG, IS_DIR, NODE, Node, unpack_node
 
-SUBTREE_SCAN = 20_000  # entries below which a directory's subtree is scanned, not the index
+SUBTREE_SCAN = 5_000  # entries below which a directory's subtree is scanned, not the index
 BLOB_CAP = 5_000  # distinct names a block scan collects before the literal counts as common
+PREFIX_ENOUGH = 6  # a glob's literal prefix this long is a narrow enough key range
 MATCHES = ("auto", "exact", "substring", "glob")
 KINDS = ("f", "d", None)
 
@@ -136,7 +138,7 @@ class _Plan:
         if q.match not in MATCHES:
             raise BadQueryError(f"match must be one of {', '.join(MATCHES)}")
         if q.kind not in KINDS:
-            raise BadQueryError("type must be f (files), d (directories) or empty (both)")
+            raise BadQueryError("type must be f (files), d (directories) or any (both)")
         if not q.pattern:
             raise BadQueryError("pattern: give a name, part of one or a glob")
         self.q = q
@@ -264,7 +266,7 @@ class Searcher:
         if p.mode == "exact":
             self.source = "exact"
             return self._accept(self._dups_from([p.exact], after))
-        if p.prefix and (len(p.prefix) >= 3 or len(p.prefix) >= len(p.literal)):
+        if p.prefix and (len(p.prefix) >= PREFIX_ENOUGH or len(p.prefix) >= len(p.literal)):
             self.source = "prefix"
             return self._accept(self._dups_from(self._scan_names(p.prefix, after), after))
         if p.literal:
@@ -274,9 +276,6 @@ class Searcher:
                 if after is not None:
                     hits = [h for h in hits if h >= after[0]]
                 return self._accept(self._dups_from(hits, after))
-        total = self._size(keys.ROOT) or 0
-        if p.dir != keys.ROOT and size * 5 <= total:
-            return self._subtree(after, want)
         self.source = "names"
         return self._accept(self._dups_from(self._scan_names(p.prefix, after), after))
 
