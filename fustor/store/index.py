@@ -168,11 +168,11 @@ def verify(txn, dbs, progress: Callable[[int], None] | None = None) -> list[dict
     for f, k in txn.cursor(db=names).iternext():
         f, k = bytes(f), bytes(k)
         if txn.get(k, db=dbs.nodes) is None or fold(keys.name_of_key(k)) != f:
-            problems.append({"path": keys.display(k), "name": keys.display(f),
+            problems.append({"path": _shown(txn, dbs, k), "name": keys.display(f),
                              "problem": "name index entry without its node"})
-    for f in txn.cursor(db=names).iternext_nodup(values=False):
+    for f, k in txn.cursor(db=names).iternext_nodup(keys=True, values=True):
         if bytes(f) not in in_blobs:
-            problems.append({"name": keys.display(bytes(f)),
+            problems.append({"path": _shown(txn, dbs, bytes(k)), "name": keys.display(bytes(f)),
                              "problem": "name missing from the name blocks"})
     return problems
 

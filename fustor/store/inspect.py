@@ -18,7 +18,7 @@ from pathlib import Path
 import lmdb
 
 from fustor.errors import FustorError, StoreFormatError
-from fustor.store import keys
+from fustor.store import index, keys
 from fustor.store.env import TORN, Store
 from fustor.store.records import AGG, IS_DIR, NODE, Node
 
@@ -50,6 +50,8 @@ def summary(store: Store) -> dict:
             "suspects": r.count(dbs.suspects),
             "blind_additions": r.count(dbs.blind_additions),
             "blind_deletions": r.count(dbs.blind_deletions),
+            "name_index": {"entries": r.count(dbs.names), "blocks": r.count(dbs.name_blobs),
+                           "stale_names": int(r.meta(index.STALE, 0) or 0)},
         }
 
 
@@ -70,8 +72,9 @@ def show_path(store: Store, path: str, limit: int = 100) -> dict | None:
 def verify(store: Store, progress: Callable[[int], None] | None = None) -> list[dict]:
     """Recompute every directory's aggregates in one pass over the nodes and compare.
 
-    Also reports nodes whose parent is missing or is not a directory, and
-    aggregate records without a directory. Returns the mismatches (empty = ok).
+    Also reports nodes whose parent is missing or is not a directory, aggregate
+    records without a directory, and name index entries missing or without their
+    node (``index.verify``). Returns the mismatches (empty = ok).
     """
     problems: list[dict] = []
     totals: dict[bytes, list] = {}
@@ -122,6 +125,7 @@ def verify(store: Store, progress: Callable[[int], None] | None = None) -> list[
             path = keys.path_of(k, bytes(v[AGG.size :]))
             if kinds.get(path) is not True:
                 problems.append({"path": keys.display(path), "problem": "aggregate without a directory"})
+        problems += index.verify(r.txn, r.dbs)
     return problems
 
 

@@ -231,7 +231,7 @@ class Searcher:
         self.txn, self.dbs, self.q = txn, dbs, q
         self.plan = _Plan(q)
         p = self.plan
-        self.ranges = keys.subtree_ranges(p.dir)
+        self.ranges = keys.subtree_ranges(p.dir) if p.dir is not None else []
         self.hashed = any(f for _p, f in self.ranges)
         self.source = ""
 
