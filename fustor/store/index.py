@@ -1,10 +1,17 @@
 """The name index: which nodes have a given (case-folded) name, kept by the writes.
 
-Two tables (layout and the measurements behind it in ``fustor/store/README.md``):
+Three tables (layout and the measurements behind it in ``fustor/store/README.md``):
 
-- ``names`` (DUPSORT): ``fold(name)`` -> node key, one entry per node except the root.
+- ``names`` (DUPSORT): ``fold(name)`` -> entry, one per node except the root. An entry
+  is the 9-byte id of the node's directory, followed by the name itself only when it
+  differs from its folded form (so ``A.txt`` and ``a.txt`` side by side stay apart).
   Exact names are one lookup, name prefixes one key range; its keys without
   duplicates are the distinct names, in order.
+- ``name_dirs``: directory id -> the node-key prefix of that directory's children
+  (``keys.dir_prefix``). An id is the first 8 bytes of BLAKE2b of that prefix plus one
+  byte that tells apart the (astronomically rare) prefixes whose hashes collide, so
+  the same directory has the same id in every tree. A node key is
+  ``name_dirs[entry[:9]] + (entry[9:] or folded name)``.
 - ``name_blobs``: block number (``>I``) -> ``\\0name\\0name\\0...\\0``, the distinct folded
   names in the order they first appeared, packed ~``BLOCK`` bytes per value. A
   substring or suffix is found by ``bytes.find`` over these blocks (C speed, no
@@ -15,19 +22,23 @@ Two tables (layout and the measurements behind it in ``fustor/store/README.md``)
 The writer calls :func:`add` when it creates a node, :func:`remove` / :func:`remove_subtree`
 before it deletes nodes, and :func:`flush` at the end of each job, all in the job's
 write transaction. One put per created node (``overwrite=False`` tells a new distinct
-name for free); the block append is one put per job.
+name for free; a directory's id is looked up once per job); the block append is one
+put per job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable
 
 from fustor.store import keys
-from fustor.store.records import NODE
+from fustor.store.records import IS_DIR, NODE
 
 NAMES = "names"
+DIRS = "name_dirs"
 BLOBS = "name_blobs"
+ID_SIZE = 9
 BLOCK = 16 * 1024  # bytes of packed names per block value
 FOLD_MAX = 500  # a folded name never reaches LMDB's 511-byte key limit
 BLOCK_NO = struct.Struct(">I")
@@ -44,41 +55,96 @@ def fold(name: bytes) -> bytes:
 
 
 class Pending:
-    """What one job changes in the index beyond the ``names`` puts (flushed at its end)."""
+    """What one job changes in the index beyond the ``names`` puts (flushed at its end),
+    and the directory ids it has looked up."""
 
-    __slots__ = ("new_names", "stale")
+    __slots__ = ("new_names", "stale", "ids")
 
     def __init__(self) -> None:
         self.new_names: list[bytes] = []
         self.stale = 0
+        self.ids: dict[bytes, bytes] = {}
+
+
+def split_key(key: bytes) -> tuple[bytes, bytes]:
+    """``(children prefix of the parent, name)`` of a node key."""
+    i = key.index(keys.SEP) + 1
+    return key[:i], key[i:]
+
+
+def dir_id(txn, dbs, prefix: bytes, create: bool = False) -> bytes | None:
+    """The id of the directory whose children's keys start with ``prefix`` (None if it has
+    none and ``create`` is false)."""
+    h = hashlib.blake2b(prefix, digest_size=ID_SIZE - 1).digest()
+    cur = txn.cursor(db=dbs.name_dirs)
+    last = -1
+    if cur.set_range(h):
+        for k, v in cur.iternext():
+            if not k.startswith(h):
+                break
+            if v == prefix:
+                return k
+            last = k[-1]
+    if not create:
+        return None
+    k = h + bytes((last + 1,))
+    txn.put(k, prefix, db=dbs.name_dirs)
+    return k
+
+
+def entry(dir_key: bytes, name: bytes, f: bytes) -> bytes:
+    return dir_key + name if name != f else dir_key
+
+
+def node_key_of(prefix: bytes, value: bytes, f: bytes) -> bytes:
+    """The node key an entry stands for, given its directory's prefix."""
+    return prefix + (value[ID_SIZE:] or f)
 
 
 def add(w, key: bytes) -> None:
     """Index the node with node key ``key`` (just created)."""
     if key == keys.ROOT:
         return
-    f = fold(keys.name_of_key(key))
+    prefix, name = split_key(key)
+    p = w.index_pending
+    d = p.ids.get(prefix)
+    if d is None:
+        d = p.ids[prefix] = dir_id(w.txn, w.dbs, prefix, create=True)
+    f = fold(name)
+    v = d + name if name != f else d
     names = w.dbs.names
-    if w.txn.put(f, key, overwrite=False, db=names):
-        w.index_pending.new_names.append(f)  # first node with this name
+    if w.txn.put(f, v, overwrite=False, db=names):
+        p.new_names.append(f)  # first node with this name
     else:
-        w.txn.put(f, key, db=names)
+        w.txn.put(f, v, db=names)
 
 
 def remove(w, key: bytes) -> None:
     """Drop the index entry of the node with node key ``key`` (about to be deleted)."""
     if key == keys.ROOT:
         return
-    f = fold(keys.name_of_key(key))
-    names = w.dbs.names
-    if w.txn.delete(f, key, db=names) and w.txn.get(f, db=names) is None:
-        w.index_pending.stale += 1
+    prefix, name = split_key(key)
+    d = w.index_pending.ids.get(prefix) or dir_id(w.txn, w.dbs, prefix)
+    if d is not None:
+        f = fold(name)
+        names = w.dbs.names
+        if w.txn.delete(f, entry(d, name, f), db=names) and w.txn.get(f, db=names) is None:
+            w.index_pending.stale += 1
 
 
 def remove_subtree(w, path: bytes) -> None:
-    """Drop the index entries of every strict descendant of directory ``path``."""
-    for k, _v in w.iter_subtree(path):
-        remove(w, bytes(k))
+    """Drop the index entries of every strict descendant of directory ``path``, and the
+    ids of ``path`` and of the directories below it."""
+    gone = [keys.dir_prefix(path)]
+    for k, v in w.iter_subtree(path):
+        k = bytes(k)
+        remove(w, k)
+        if v[0] & IS_DIR:
+            gone.append(keys.dir_prefix(keys.path_of(k, bytes(v[NODE.size :]))))
+    for prefix in gone:  # after the entries: they are found through these ids
+        d = w.index_pending.ids.pop(prefix, None) or dir_id(w.txn, w.dbs, prefix)
+        if d is not None:
+            w.txn.delete(d, db=w.dbs.name_dirs)
 
 
 def flush(w) -> None:
@@ -111,23 +177,30 @@ def append_names(txn, dbs, names: list[bytes]) -> None:
 
 
 def build_index(txn, dbs, progress: Callable[[int], None] | None = None) -> int:
-    """(Re)build ``names`` and ``name_blobs`` from the nodes in one pass, inside the write
-    transaction ``txn`` (``dbs`` holds the open tables). Returns the number of nodes
-    indexed. For the migration that brings a store to the format with the index."""
-    txn.drop(dbs.names, delete=False)
-    txn.drop(dbs.name_blobs, delete=False)
+    """(Re)build ``names``, ``name_dirs`` and ``name_blobs`` from the nodes in one pass,
+    inside the write transaction ``txn`` (``dbs`` holds the open tables). Returns the
+    number of nodes indexed. For the migration that brings a store to the format with
+    the index."""
+    for db in (dbs.names, dbs.name_dirs, dbs.name_blobs):
+        txn.drop(db, delete=False)
     names = dbs.names
     pending: list[bytes] = []
+    ids: dict[bytes, bytes] = {}
     n = 0
     for k in txn.cursor(db=dbs.nodes).iternext(values=False):
         k = bytes(k)
         if k == keys.ROOT:
             continue
-        f = fold(keys.name_of_key(k))
-        if txn.put(f, k, overwrite=False, db=names):
+        prefix, name = split_key(k)
+        d = ids.get(prefix)
+        if d is None:
+            d = ids[prefix] = dir_id(txn, dbs, prefix, create=True)
+        f = fold(name)
+        v = d + name if name != f else d
+        if txn.put(f, v, overwrite=False, db=names):
             pending.append(f)
         else:
-            txn.put(f, k, db=names)
+            txn.put(f, v, db=names)
         n += 1
         if len(pending) >= 100_000:
             append_names(txn, dbs, pending)
@@ -162,18 +235,23 @@ def verify(txn, dbs, progress: Callable[[int], None] | None = None) -> list[dict
             progress(n)
         if k == keys.ROOT:
             continue
-        if not cur.set_key_dup(fold(keys.name_of_key(k)), k):
+        prefix, name = split_key(k)
+        d = dir_id(txn, dbs, prefix)
+        f = fold(name)
+        if d is None or not cur.set_key_dup(f, entry(d, name, f)):
             problems.append({"path": _shown(txn, dbs, k), "problem": "node missing from the name index"})
     in_blobs = blob_names(txn, dbs)
-    for f, k in txn.cursor(db=names).iternext():
-        f, k = bytes(f), bytes(k)
-        if txn.get(k, db=dbs.nodes) is None or fold(keys.name_of_key(k)) != f:
-            problems.append({"path": _shown(txn, dbs, k), "name": keys.display(f),
+    for f, v in txn.cursor(db=names).iternext():
+        f, v = bytes(f), bytes(v)
+        prefix = txn.get(v[:ID_SIZE], db=dbs.name_dirs)
+        k = None if prefix is None else node_key_of(prefix, v, f)
+        if k is None or txn.get(k, db=dbs.nodes) is None or fold(split_key(k)[1]) != f:
+            problems.append({"path": _shown(txn, dbs, k) if k else "?", "name": keys.display(f),
                              "problem": "name index entry without its node"})
-    for f, k in txn.cursor(db=names).iternext_nodup(keys=True, values=True):
-        if bytes(f) not in in_blobs:
-            problems.append({"path": _shown(txn, dbs, bytes(k)), "name": keys.display(bytes(f)),
+        elif f not in in_blobs:
+            problems.append({"path": _shown(txn, dbs, k), "name": keys.display(f),
                              "problem": "name missing from the name blocks"})
+            in_blobs.add(f)
     return problems
 
 

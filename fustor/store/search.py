@@ -10,8 +10,8 @@ What a pattern means (``match="auto"``, the default):
 ``match="exact"`` (the name, case-insensitive), ``"substring"`` and ``"glob"`` force a
 reading, so names holding ``*?[`` can be asked for literally.
 
-Results come in one order whatever plan answers: by folded name, then node key
-(which starts with the parent path). A page ends with ``next_after``, an opaque
+Results come in one order whatever plan answers: by folded name, then index entry
+(the directory's id, a hash of its path: the same in every tree). A page ends with ``next_after``, an opaque
 cursor (the last result's place in that order) to pass back as ``after``; the
 same order in every tree lets a forest merge its members' answers page by page.
 
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fustor.errors import BadQueryError, PathError
-from fustor.store import keys
+from fustor.store import index, keys
 from fustor.store.index import fold
 from fustor.store.records import AGG, IS_DIR, NODE, Node, unpack_node
 
@@ -321,7 +321,7 @@ class Searcher:
         return sorted(hits)
 
     def _dups_from(self, names, after) -> Iterator[tuple[bytes, bytes]]:
-        """``(name, node key)`` of each name's nodes, in order, after ``after``."""
+        """``(name, entry)`` of each name's nodes, in order, after ``after``."""
         cur = self.txn.cursor(db=self.dbs.names)
         for f in names:
             if after is not None and f <= after[0]:
@@ -342,8 +342,9 @@ class Searcher:
         p = self.plan
         test, path_test = p.name_test, p.path_test
         nodes = self.dbs.nodes
+        ids: dict[bytes, bytes | None] = {}
 
-        def matches() -> Iterator[tuple[bytes, bytes, bytes]]:
+        def matches() -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
             for prefix, must_filter in self.ranges:
                 cur = self.txn.cursor(db=nodes)
                 if not cur.set_range(prefix):
@@ -353,10 +354,9 @@ class Searcher:
                         break
                     if k == keys.ROOT or not self._record_ok(v):
                         continue
-                    f = fold(keys.name_of_key(k))
+                    parent, name = index.split_key(k)
+                    f = fold(name)
                     if not test(f):
-                        continue
-                    if after is not None and (f, k) <= after:
                         continue
                     if must_filter or path_test is not None:
                         full = keys.path_of(k, bytes(v[NODE.size :]))
@@ -364,11 +364,19 @@ class Searcher:
                             continue
                         if path_test is not None and not path_test(keys.display(full)):
                             continue
-                    yield f, k, v
+                    d = ids.get(parent, b"")
+                    if d == b"":
+                        d = ids[parent] = index.dir_id(self.txn, self.dbs, parent)
+                    if d is None:  # pragma: no cover - every parent has an id
+                        continue
+                    e = index.entry(d, name, f)
+                    if after is not None and (f, e) <= after:
+                        continue
+                    yield f, e, k, v
 
         best = (sorted(matches(), key=_order) if want is None
                 else heapq.nsmallest(want, matches(), key=_order))
-        return ((f, k, unpack_node(k, v)) for f, k, v in best)
+        return ((f, e, unpack_node(k, v)) for f, e, k, v in best)
 
     # -- filters --------------------------------------------------------------------
     def _record_ok(self, v: bytes) -> bool:
@@ -388,10 +396,18 @@ class Searcher:
         """The candidates under the plan's directory whose record passes the filters."""
         ranges, hashed, d = self.ranges, self.hashed, self.plan.dir
         prefixes = tuple(p for p, _f in ranges)
-        nodes = self.dbs.nodes
+        nodes, dirs = self.dbs.nodes, self.dbs.name_dirs
         get = self.txn.get
         everywhere = d == keys.ROOT
-        for f, k in cands:
+        seen: dict[bytes, bytes | None] = {}
+        for f, e in cands:
+            did = e[: index.ID_SIZE]
+            parent = seen.get(did, b"")
+            if parent == b"":
+                parent = seen[did] = get(did, db=dirs)
+            if parent is None:  # pragma: no cover - an entry always has its directory
+                continue
+            k = parent + (e[index.ID_SIZE :] or f)
             if not everywhere and not k.startswith(prefixes):
                 continue
             v = get(k, db=nodes)
@@ -400,4 +416,4 @@ class Searcher:
             if hashed and not everywhere:
                 if not keys.path_of(k, bytes(v[NODE.size :])).startswith(d + b"/"):
                     continue
-            yield f, k, unpack_node(k, v)
+            yield f, e, unpack_node(k, v)

@@ -42,6 +42,7 @@ class Dbs(NamedTuple):
     audit_dirs: object
     meta: object
     names: object
+    name_dirs: object
     name_blobs: object
 
 

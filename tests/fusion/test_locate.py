@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from fustor.store import keys
 from tests.fusion.conftest import batch, event, row
 from tests.fusion.test_forest import Q, forest_client
+from tests.store.test_name_index import order_key
 
 NAMES = ["Sample_%d.bam", "sample_%d.BAI", "run%d.fastq.gz", "notes%d.txt", "x%d"]
 
@@ -61,7 +61,7 @@ def brute(members: dict, pattern: str, under: str) -> tuple[list[dict], dict]:
             n += 1
             found.setdefault(p, {})[pipe] = {"content_type": "file", "size": size, "modified_time": mtime}
         counts[pipe] = {"matches": n, "exact": True}
-    order = sorted(found, key=lambda p: (p.rsplit("/", 1)[1].lower().encode(), keys.node_key(p.encode())))
+    order = sorted(found, key=lambda p: order_key(p.encode()))
     return [{"path": p, "members": found[p],
              "missing_in": sorted(set(members) - set(found[p])),
              "agree": len({(m["size"], m["modified_time"]) for m in found[p].values()}) == 1}
