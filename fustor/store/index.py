@@ -102,21 +102,23 @@ def node_key_of(prefix: bytes, value: bytes, f: bytes) -> bytes:
 
 
 def add(w, key: bytes) -> None:
-    """Index the node with node key ``key`` (just created)."""
+    """Index the node with node key ``key`` (just created). Once per created node, so
+    written for speed: no helper calls on the common path."""
     if key == keys.ROOT:
         return
-    prefix, name = split_key(key)
+    i = key.index(b"\0") + 1
+    prefix, name = key[:i], key[i:]
     p = w.index_pending
     d = p.ids.get(prefix)
     if d is None:
         d = p.ids[prefix] = dir_id(w.txn, w.dbs, prefix, create=True)
-    f = fold(name)
-    v = d + name if name != f else d
-    names = w.dbs.names
-    if w.txn.put(f, v, overwrite=False, db=names):
+    f = name.lower() if name.isascii() else fold(name)
+    v = d if f == name else d + name
+    txn, names = w.txn, w.dbs.names
+    if txn.put(f, v, overwrite=False, db=names):
         p.new_names.append(f)  # first node with this name
     else:
-        w.txn.put(f, v, db=names)
+        txn.put(f, v, db=names)
 
 
 def remove(w, key: bytes) -> None:
