@@ -1,6 +1,6 @@
 """The name index: which nodes have a given (case-folded) name, kept by the writes.
 
-Three tables (layout and the measurements behind it in ``fustor/store/README.md``):
+Four tables (layout and the measurements behind it in ``fustor/store/README.md``):
 
 - ``names`` (DUPSORT): ``fold(name)`` -> entry, one per node except the root. An entry
   is the 9-byte id of the node's directory, followed by the name itself only when it
@@ -18,6 +18,10 @@ Three tables (layout and the measurements behind it in ``fustor/store/README.md`
   per-name Python work), then checked against ``names``. A name whose last node
   goes stays in its block (stale) until :func:`build_index` rewrites the blocks;
   ``meta.name_blob_stale`` counts them.
+- ``name_filters``: block number -> a 4 KiB trigram filter of that block, written once when
+  the block fills up (blocks never change after). A literal whose trigrams are not all
+  in a block's filter is not in that block, so a rare or absent literal reads ~4 KiB of
+  filter per 16 KiB block instead of the block.
 
 The writer calls :func:`add` when it creates a node, :func:`remove` / :func:`remove_subtree`
 before it deletes nodes, and :func:`flush` at the end of each job, all in the job's
@@ -43,6 +47,9 @@ BLOCK = 16 * 1024  # bytes of packed names per block value
 FOLD_MAX = 500  # a folded name never reaches LMDB's 511-byte key limit
 BLOCK_NO = struct.Struct(">I")
 STALE = "name_blob_stale"
+FILTERS = "name_filters"
+FILTER_BITS = 1 << 15  # per full block: ~4,000 distinct trigrams set ~12 % of the bits
+FILTER_PRIME = 32749  # largest prime below FILTER_BITS
 
 
 def fold(name: bytes) -> bytes:
@@ -161,6 +168,7 @@ def flush(w) -> None:
 
 
 def append_names(txn, dbs, names: list[bytes]) -> None:
+    """Append ``names`` to the last block; each block that fills up gets its trigram filter."""
     blobs = dbs.name_blobs
     cur = txn.cursor(db=blobs)
     if cur.last():
@@ -170,7 +178,9 @@ def append_names(txn, dbs, names: list[bytes]) -> None:
         no, block = 0, bytearray(b"\0")
     for f in names:
         if len(block) + len(f) + 1 > BLOCK and len(block) > 1:
-            txn.put(BLOCK_NO.pack(no), bytes(block), db=blobs)
+            sealed = bytes(block)
+            txn.put(BLOCK_NO.pack(no), sealed, db=blobs)
+            txn.put(BLOCK_NO.pack(no), trigram_filter(sealed), db=dbs.name_filters)
             no += 1
             block = bytearray(b"\0")
         block += f
@@ -178,12 +188,27 @@ def append_names(txn, dbs, names: list[bytes]) -> None:
     txn.put(BLOCK_NO.pack(no), bytes(block), db=blobs)
 
 
+def trigram_bits(data: bytes) -> set[int]:
+    """Bit numbers of the trigrams of ``data`` in a block's filter."""
+    tris = set(zip(data, data[1:], data[2:], strict=False))
+    return {((a << 16) | (b << 8) | c) % FILTER_PRIME for a, b, c in tris}
+
+
+def trigram_filter(block: bytes) -> bytes:
+    """A ``FILTER_BITS``-bit set of the block's trigrams (one hash: a trigram's bit is set in
+    the filter of every block holding it; a clear bit proves it absent)."""
+    out = bytearray(FILTER_BITS // 8)
+    for h in trigram_bits(block):
+        out[h >> 3] |= 1 << (h & 7)
+    return bytes(out)
+
+
 def build_index(txn, dbs, progress: Callable[[int], None] | None = None) -> int:
     """(Re)build ``names``, ``name_dirs`` and ``name_blobs`` from the nodes in one pass,
     inside the write transaction ``txn`` (``dbs`` holds the open tables). Returns the
     number of nodes indexed. For the migration that brings a store to the format with
     the index."""
-    for db in (dbs.names, dbs.name_dirs, dbs.name_blobs):
+    for db in (dbs.names, dbs.name_dirs, dbs.name_blobs, dbs.name_filters):
         txn.drop(db, delete=False)
     names = dbs.names
     pending: list[bytes] = []
@@ -254,6 +279,11 @@ def verify(txn, dbs, progress: Callable[[int], None] | None = None) -> list[dict
             problems.append({"path": _shown(txn, dbs, k), "name": keys.display(f),
                              "problem": "name missing from the name blocks"})
             in_blobs.add(f)
+    for k, filt in txn.cursor(db=dbs.name_filters).iternext():
+        block = txn.get(k, db=dbs.name_blobs)
+        if block is None or trigram_filter(block) != filt:
+            problems.append({"path": f"name block {BLOCK_NO.unpack(k)[0]}",
+                             "problem": "trigram filter does not match its name block"})
     return problems
 
 

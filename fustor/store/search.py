@@ -307,7 +307,7 @@ class Searcher:
         past ``BLOB_CAP`` of them. Names whose nodes are gone may be among them."""
         test = self.plan.name_test
         hits: set[bytes] = set()
-        for v in self.txn.cursor(db=self.dbs.name_blobs).iternext(keys=False):
+        for v in self._blocks_holding(literal):
             i = v.find(literal)
             while i >= 0:
                 s = v.rfind(b"\0", 0, i) + 1
@@ -319,6 +319,29 @@ class Searcher:
                         return None
                 i = v.find(literal, e)
         return sorted(hits)
+
+    def _blocks_holding(self, literal: bytes) -> Iterator[bytes]:
+        """The name blocks whose trigram filter does not rule ``literal`` out (the last,
+        still open block has no filter and is always read)."""
+        blobs = self.dbs.name_blobs
+        bits = [(h >> 3, 1 << (h & 7)) for h in index.trigram_bits(literal)]
+        if not bits:  # shorter than a trigram: every block
+            yield from self.txn.cursor(db=blobs).iternext(keys=False)
+            return
+        get = self.txn.get
+        last = None
+        for k, f in self.txn.cursor(db=self.dbs.name_filters).iternext():
+            last = k
+            for i, m in bits:
+                if not f[i] & m:
+                    break
+            else:
+                yield get(k, db=blobs)
+        cur = self.txn.cursor(db=blobs)
+        if cur.set_range(last) if last is not None else cur.first():
+            for k, v in cur.iternext():
+                if k != last:
+                    yield v
 
     def _dups_from(self, names, after) -> Iterator[tuple[bytes, bytes]]:
         """``(name, entry)`` of each name's nodes, in order, after ``after``."""

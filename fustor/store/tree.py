@@ -44,6 +44,7 @@ class Dbs(NamedTuple):
     names: object
     name_dirs: object
     name_blobs: object
+    name_filters: object
 
 
 def _pack_agg(path: bytes, f: int, d: int, s: int, m: float) -> bytes:

@@ -158,12 +158,15 @@ def page_through(store: Store, pattern: str, under: bytes, limit: int, **kw) -> 
     raise AssertionError("paging did not end")
 
 
-@pytest.mark.parametrize("subtree_scan,blob_cap", [(0, 5000), (0, 2), (10 ** 9, 5000)],
-                         ids=["index", "index-common", "subtree"])
+@pytest.mark.parametrize("subtree_scan,blob_cap,block", [
+    (0, 5000, index.BLOCK), (0, 5000, 200), (0, 2, index.BLOCK), (10 ** 9, 5000, index.BLOCK)],
+    ids=["index", "index-small-blocks", "index-common", "subtree"])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_every_query_kind_equals_a_brute_force_scan(tmp_path, monkeypatch, seed, subtree_scan, blob_cap):
+def test_every_query_kind_equals_a_brute_force_scan(tmp_path, monkeypatch, seed, subtree_scan,
+                                                    blob_cap, block):
     monkeypatch.setattr(search_mod, "SUBTREE_SCAN", subtree_scan)
     monkeypatch.setattr(search_mod, "BLOB_CAP", blob_cap)
+    monkeypatch.setattr(index, "BLOCK", block)  # small blocks: many full, filtered ones
     rng = random.Random(seed)
     plans_seen: set = set()
     with Store(tmp_path / "s.lmdb") as store:
@@ -186,6 +189,9 @@ def test_every_query_kind_equals_a_brute_force_scan(tmp_path, monkeypatch, seed,
                 if subtree_scan and under != b"/":  # any directory below the threshold
                     assert plans <= {"subtree", "none"}
             assert verify(store) == []
+        if block < 1024:
+            with store.read() as r:
+                assert r.count(r.dbs.name_filters) > 20
     if not subtree_scan:  # every plan answered some query
         assert {"exact", "prefix", "names", "subtree", "none"} <= plans_seen
         assert blob_cap == 2 or "blocks" in plans_seen
