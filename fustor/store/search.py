@@ -22,9 +22,11 @@ range of ``names``; anything else with a literal (substring, suffix, inner text)
 finds the distinct names holding its longest literal with ``bytes.find`` over
 the name blocks, up to ``BLOB_CAP`` names, and sorts them; past the cap the
 literal is common, so the distinct names are read in order and tested one by one
-until the page is full. A candidate's node key is checked against the directory
-before its record is read. The one slow case left: a pattern common in the whole
-tree but absent under a large directory reads every distinct name.
+until the page is full — or, under a directory small enough that scanning it costs
+less than that walk would (``COMMON_SCAN``), its subtree is scanned. A candidate's
+node key is checked against the directory before its record is read. The slow case
+left: a pattern common in the whole tree but rare under a large directory reads
+many distinct names.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import base64
 import binascii
 import fnmatch
 import heapq
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ from fustor.store.records import AGG, IS_DIR, NODE, Node, unpack_node
 
 SUBTREE_SCAN = 5_000  # entries below which a directory's subtree is scanned, not the index
 BLOB_CAP = 5_000  # distinct names a block scan collects before the literal counts as common
+COMMON_SCAN = 800  # page of 100 / a common pattern's share (1/8) of the names
 PREFIX_ENOUGH = 6  # a glob's literal prefix this long is a narrow enough key range
 MATCHES = ("auto", "exact", "substring", "glob")
 KINDS = ("f", "d", None)
@@ -276,6 +280,11 @@ class Searcher:
                 if after is not None:
                     hits = [h for h in hits if h >= after[0]]
                 return self._accept(self._dups_from(hits, after))
+        # common: reading the names in order finds a page in about limit/(share of the tree
+        # under dir * share of names matching) names; scanning dir costs its size. They cross
+        # near sqrt(limit * names / share matching): below that, the subtree is cheaper.
+        if p.dir != keys.ROOT and size <= math.isqrt(COMMON_SCAN * (self._size(keys.ROOT) or 1)):
+            return self._subtree(after, want)
         self.source = "names"
         return self._accept(self._dups_from(self._scan_names(p.prefix, after), after))
 
