@@ -32,6 +32,7 @@ from fustor.store.writer import Writer, is_disk_full
 
 FORMAT_VERSION = 1
 DB_NAMES = Dbs._fields
+INDEX_TABLES = (index.NAMES, index.DIRS, index.BLOBS, index.FILTERS)
 # what a file that LMDB can open but that does not hold together is (a plain copy of a
 # live store taken while it was written, or a damaged disk); never "run migrate" for it
 TORN = "not a consistent fustor store: torn copy or corruption; restore from a backup"
@@ -192,11 +193,15 @@ class Store:
         with self.env.begin() as txn:
             missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
         if self.readonly:
+            if missing and set(missing) <= set(INDEX_TABLES):
+                raise StoreFormatError(
+                    f"{self.path} was written before the name index; open it once for writing "
+                    "(fusion does when it starts) to build it, then read it")
             if missing:
                 raise StoreFormatError(f"{self.path} lacks tables {missing}; it is not a fustor store")
             return Dbs(*(_open_db(self.env, n, create=False) for n in DB_NAMES))
         dbs = Dbs(*(_open_db(self.env, n) for n in DB_NAMES))
-        if index.NAMES in missing:  # written before the name index: build it once
+        if set(missing) & set(INDEX_TABLES):  # written before the name index: build it once
             with self.env.begin(write=True) as txn:
                 index.build_index(txn, dbs)
         return dbs

@@ -11,7 +11,7 @@ import random
 import lmdb
 import pytest
 
-from fustor.errors import BadQueryError
+from fustor.errors import BadQueryError, StoreFormatError
 from fustor.store import Store, index, keys
 from fustor.store import search as search_mod
 from fustor.store.inspect import verify
@@ -268,9 +268,12 @@ def test_a_store_without_the_index_gets_it_built_when_opened_for_writing(tmp_pat
             before = list(r.txn.cursor(db=r.dbs.names).iternext())
     env = _raw(path)  # as a store written before the index had it: no such tables
     with env.begin(write=True) as txn:
-        for name, dup in ((b"names", True), (b"name_dirs", False), (b"name_blobs", False)):
+        for name, dup in ((b"names", True), (b"name_dirs", False), (b"name_blobs", False),
+                          (b"name_filters", False)):
             txn.drop(env.open_db(name, txn=txn, dupsort=dup), delete=True)
     env.close()
+    with pytest.raises(StoreFormatError, match="written before the name index; open it once"):
+        Store(path, readonly=True)
     with Store(path) as store:
         with store.read() as r:
             assert list(r.txn.cursor(db=r.dbs.names).iternext()) == before
