@@ -38,7 +38,7 @@ import heapq
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fustor.errors import BadQueryError, PathError
 from fustor.store import index, keys
@@ -76,7 +76,6 @@ class Found:
     nodes: list[Node]
     next_after: str | None = None
     plan: str = ""
-    keys: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
 
     @property
     def truncated(self) -> bool:
@@ -248,10 +247,10 @@ class Searcher:
         ks: list[tuple[bytes, bytes]] = []
         for f, k, node in self.stream(decode_after(after), want):
             if limit is not None and len(out) >= limit:
-                return Found(out, encode_after(*ks[-1]), self.source, ks)
+                return Found(out, encode_after(*ks[-1]), self.source)
             out.append(node)
             ks.append((f, k))
-        return Found(out, None, self.source, ks)
+        return Found(out, None, self.source)
 
     def stream(self, after: tuple[bytes, bytes] | None,
                want: int | None = None) -> Iterator[tuple[bytes, bytes, Node]]:

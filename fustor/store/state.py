@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from fustor.store import keys
+from fustor.store import index, keys
 from fustor.store.records import EXPIRY, IS_DIR, PAIR, pack_pair
 
 # meta: how many suspect entries are directories (so the count of suspect *files* is
@@ -174,6 +174,8 @@ class StateWrites:
         self.txn.drop(db, delete=False)
         if db is self.dbs.suspects:
             self.put_meta(SUSPECT_DIRS, 0)
+        if db is self.dbs.name_blobs:
+            self.put_meta(index.STALE, 0)
 
     def put_meta(self, name: str, value) -> None:
         self.txn.put(name.encode(), orjson.dumps(value), db=self.dbs.meta)
