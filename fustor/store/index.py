@@ -16,8 +16,9 @@ Four tables (layout and the measurements behind it in ``fustor/store/README.md``
   names in the order they first appeared, packed ~``BLOCK`` bytes per value. A
   substring or suffix is found by ``bytes.find`` over these blocks (C speed, no
   per-name Python work), then checked against ``names``. A name whose last node
-  goes stays in its block (stale) until :func:`build_index` rewrites the blocks;
-  ``meta.name_blob_stale`` counts them.
+  goes stays in its block (stale; ``meta.name_blob_stale`` counts them) until a
+  compaction pass rewrites the full blocks one per job (:func:`compact_step`), or
+  :func:`build_index` rewrites them all.
 - ``name_filters``: block number -> a 4 KiB trigram filter of that block, written once when
   the block fills up (blocks never change after). A literal whose trigrams are not all
   in a block's filter is not in that block, so a rare or absent literal reads ~4 KiB of
@@ -47,6 +48,9 @@ BLOCK = 16 * 1024  # bytes of packed names per block value
 FOLD_MAX = 500  # a folded name never reaches LMDB's 511-byte key limit
 BLOCK_NO = struct.Struct(">I")
 STALE = "name_blob_stale"
+IN_BLOCKS = "name_blob_names"  # meta: names appended to the blocks and not compacted away
+COMPACT_AT = "name_compact_at"  # meta: the next block of a running compaction pass
+COMPACT_MIN = 100_000  # stale names before a compaction pass is worth its rewrites
 FILTERS = "name_filters"
 FILTER_BITS = 1 << 15  # per full block: ~4,000 distinct trigrams set ~12 % of the bits
 FILTER_PRIME = 32749  # largest prime below FILTER_BITS
@@ -157,14 +161,54 @@ def remove_subtree(w, path: bytes) -> None:
 
 
 def flush(w) -> None:
-    """Append the job's new distinct names to the blocks; count the names that went."""
+    """Append the job's new distinct names to the blocks; count the names that went; and
+    while the blocks hold many stale names, rewrite one full block without them."""
     p = w.index_pending
+    stale = p.stale
     if p.new_names:
         append_names(w.txn, w.dbs, p.new_names)
+        w.put_meta(IN_BLOCKS, int(w.meta(IN_BLOCKS, 0) or 0) + len(p.new_names))
         p.new_names = []
-    if p.stale:
-        w.put_meta(STALE, int(w.meta(STALE, 0) or 0) + p.stale)
+    if stale:
+        w.put_meta(STALE, int(w.meta(STALE, 0) or 0) + stale)
         p.stale = 0
+    at = w.meta(COMPACT_AT)
+    if at is not None or stale:
+        compact_step(w, at)
+
+
+def compact_step(w, at: int | None) -> None:
+    """One bounded step of a compaction pass: the next full block loses the names that
+    have no node any more (its filter is rewritten with it). A pass starts when a quarter
+    of the names in the blocks (and at least ``COMPACT_MIN``) are stale; it ends after
+    the last full block."""
+    stale = int(w.meta(STALE, 0) or 0)
+    total = int(w.meta(IN_BLOCKS, 0) or 0)
+    if at is None:
+        if stale < COMPACT_MIN or stale * 4 < total:
+            return
+        at = 0
+    txn, dbs = w.txn, w.dbs
+    cur = txn.cursor(db=dbs.name_filters)
+    if not cur.set_range(BLOCK_NO.pack(at)):
+        w.put_meta(STALE, 0)  # the pass is over (names deleted during it wait for the next)
+        txn.delete(COMPACT_AT.encode(), db=dbs.meta)
+        return
+    k = cur.key()
+    names = txn.get(k, db=dbs.name_blobs)[1:-1].split(b"\0")
+    keep = [f for f in names if txn.get(f, db=dbs.names) is not None]
+    gone = len(names) - len(keep)
+    if gone:
+        if keep:
+            block = b"\0" + b"\0".join(keep) + b"\0"
+            txn.put(k, block, db=dbs.name_blobs)
+            txn.put(k, trigram_filter(block), db=dbs.name_filters)
+        else:
+            txn.delete(k, db=dbs.name_blobs)
+            txn.delete(k, db=dbs.name_filters)
+        w.put_meta(STALE, max(0, stale - gone))
+        w.put_meta(IN_BLOCKS, max(0, total - gone))
+    w.put_meta(COMPACT_AT, BLOCK_NO.unpack(k)[0] + 1)
 
 
 def append_names(txn, dbs, names: list[bytes]) -> None:
@@ -236,7 +280,10 @@ def build_index(txn, dbs, progress: Callable[[int], None] | None = None) -> int:
             progress(n)
     if pending:
         append_names(txn, dbs, pending)
+    distinct = sum(1 for _ in txn.cursor(db=names).iternext_nodup(values=False))
     txn.put(STALE.encode(), b"0", db=dbs.meta)
+    txn.put(IN_BLOCKS.encode(), str(distinct).encode(), db=dbs.meta)
+    txn.delete(COMPACT_AT.encode(), db=dbs.meta)
     return n
 
 

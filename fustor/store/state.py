@@ -175,7 +175,8 @@ class StateWrites:
         if db is self.dbs.suspects:
             self.put_meta(SUSPECT_DIRS, 0)
         if db is self.dbs.name_blobs:
-            self.put_meta(index.STALE, 0)
+            for name in (index.STALE, index.IN_BLOCKS):
+                self.put_meta(name, 0)
 
     def put_meta(self, name: str, value) -> None:
         self.txn.put(name.encode(), orjson.dumps(value), db=self.dbs.meta)

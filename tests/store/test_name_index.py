@@ -280,3 +280,34 @@ def test_a_store_without_the_index_gets_it_built_when_opened_for_writing(tmp_pat
             nodes = all_nodes(store)
             assert [n.path for n in r.search("*.bam", limit=None).nodes] == expected(nodes, "*.bam")
         assert verify(store) == []
+
+
+def test_stale_names_are_compacted_away_a_block_per_job(tmp_path, monkeypatch):
+    monkeypatch.setattr(index, "BLOCK", 120)
+    monkeypatch.setattr(index, "COMPACT_MIN", 50)
+    with Store(tmp_path / "s.lmdb") as store:
+        store.write(lambda w: [w.upsert(b"/keep/k%04d.txt" % i, False, 1, 1.0, 1.0) for i in range(40)])
+        store.write(lambda w: [w.upsert(b"/tmp/t%04d.tmp" % i, False, 1, 1.0, 1.0) for i in range(300)])
+
+        def blob_bytes():
+            with store.read() as r:
+                return sum(len(v) for v in r.txn.cursor(db=r.dbs.name_blobs).iternext(keys=False))
+
+        before = blob_bytes()
+        store.write(lambda w: w.delete(b"/tmp"))
+        with store.read() as r:
+            assert r.meta(index.STALE) >= 300
+        for _ in range(200):  # each job rewrites one full block, until the pass is over
+            store.write(lambda w: None)
+            with store.read() as r:
+                if r.meta(index.COMPACT_AT) is None:
+                    break
+        with store.read() as r:
+            assert r.meta(index.COMPACT_AT) is None and r.meta(index.STALE) == 0
+            assert [n.path for n in r.search("k003", limit=None).nodes] == [
+                b"/keep/k%04d.txt" % i for i in range(30, 40)]
+            assert r.search("t01", limit=None).nodes == [] and r.search("*.tmp").nodes == []
+            left = index.blob_names(r.txn, r.dbs)
+        # only the last, still open block (~10 names of 120 bytes) is left as it was
+        assert sum(n.endswith(b".tmp") for n in left) <= 12 and blob_bytes() < before / 3
+        assert verify(store) == []
