@@ -157,7 +157,10 @@ class _Plan:
         self.dir = q.path
         self.prefix = self.literal = b""
         self.empty = False
-        raw = q.pattern.encode("utf-8", "surrogateescape")
+        try:
+            raw = q.pattern.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise BadQueryError("pattern holds a character that no name can hold") from None
         if match == "path":
             self.path_test = re.compile(fnmatch.translate(q.pattern), re.S).match
             self.name_test = _always

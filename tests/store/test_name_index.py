@@ -226,8 +226,9 @@ def test_bad_queries_say_what_to_give(tmp_path):
                           ({"match": "regex"}, "match must be"), ({"kind": "x"}, "type must be")]:
             with pytest.raises(BadQueryError, match=words):
                 r.search("x", **kw)
-        with pytest.raises(BadQueryError, match="pattern"):
-            r.search("")
+        for bad in ("", "\ud800.txt"):
+            with pytest.raises(BadQueryError, match="pattern"):
+                r.search(bad)
 
 
 def _raw(path):
