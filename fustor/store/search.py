@@ -438,6 +438,8 @@ class Searcher:
             did = e[: index.ID_SIZE]
             parent = seen.get(did, b"")
             if parent == b"":
+                if len(seen) >= 65_536:  # bounded: a long walk meets many directories
+                    seen.clear()
                 parent = seen[did] = get(did, db=dirs)
             if parent is None:  # pragma: no cover - an entry always has its directory
                 continue
