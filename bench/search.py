@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store import ingest, rss_anon_mb  # noqa: E402
 from treegen import EXTS, rows  # noqa: E402
 
-from fustor.store import Store, index  # noqa: E402
+from fustor.fusion.views.locate import locate  # noqa: E402
+from fustor.store import Query, Store, index  # noqa: E402
 
 LIMIT = 100
 
@@ -162,6 +164,20 @@ def main() -> None:
         out["page_all_bam_under_top_ms_per_page"] = round((time.perf_counter() - t) * 1000 / pages, 3)
         say(f"paged {seen:,} '*.bam' results under {tops[0].decode()} in {pages} pages: "
             f"{out['page_all_bam_under_top_ms_per_page']} ms/page")
+        # locate: the same tree as 10 forest members (read-only handles on this store),
+        # a rare name: 10 searches merged, plus each member's match count
+        members = {f"m{i}": SimpleNamespace(store=Store(path, readonly=True)) for i in range(10)}
+        times = []
+        for _ in range(min(q, 100)):
+            pat = a_name()[1:-4]
+            t = time.perf_counter()
+            got = locate(members, Query(pat, b"/"), None, 100)
+            times.append(time.perf_counter() - t)
+            assert all(len(e["members"]) == 10 for e in got["results"])
+        out["locate_rare_10_members_p99_ms"] = pct(times, 0.99)
+        say(f"locate a rare name over 10 members p99 {out['locate_rare_10_members_p99_ms']} ms")
+        for m in members.values():
+            m.store.close()
         out["rss_anon_mb"] = round(rss_anon_mb(), 1)
         store.close()
     finally:
