@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from fustor.fusion.views.locate import locate
+from fustor.store import Query
 from tests.fusion.conftest import batch, event, row
 from tests.fusion.test_forest import Q, forest_client
 from tests.store.test_name_index import order_key
@@ -99,6 +101,15 @@ async def test_locate_across_three_overlapping_members_pages_every_path_once(tmp
                                params={"pattern": pattern, "path": under, "limit": 100000})).json()
             assert [e["path"] for e in one["results"]] == [e["path"] for e in want]
         assert any(not e["agree"] for e in brute(members, "*", "/")[0])  # the test holds disagreements
+        # past the cap a count says "at least", on the first page and on later ones
+        forest = f.views["uploads"]
+        want, counts = brute(members, "*.bam", "/")
+        first = locate(dict(forest.members), Query("*.bam"), None, 4, count_cap=5)
+        later = locate(dict(forest.members), Query("*.bam"), first["next_after"], 4, count_cap=5)
+        capped = {p: {"matches": min(n["matches"], 5), "exact": n["matches"] <= 5}
+                  for p, n in counts.items()}
+        assert first["members"] == later["members"] == capped
+        assert [e["path"] for e in first["results"] + later["results"]] == [e["path"] for e in want[:8]]
         bad = await c.get("/api/v1/views/uploads/locate", params={"pattern": "x", "after": "%%"}, headers=Q)
         assert bad.status_code == 400 and "after" in bad.json()["detail"]
     await f.stop()

@@ -17,8 +17,9 @@ from fustor.store import Query, Searcher, decode_after, encode_after, keys
 COUNT_CAP = 10_000  # matches counted per member before the count says "at least"
 
 
-def _tagged(pipe: str, stream) -> Iterator[tuple[bytes, bytes, str, object]]:
+def _tagged(pipe: str, stream, seen: dict) -> Iterator[tuple[bytes, bytes, str, object]]:
     for f, k, node in stream:
+        seen[pipe] += 1
         yield f, k, pipe, node
 
 
@@ -33,9 +34,13 @@ def locate(members: dict, query: Query, after: str | None = None, limit: int = 1
     matches it holds under the path (exact up to ``count_cap``)."""
     cursor = decode_after(after)
     names = sorted(members)
+    # the first page counts each member's matches by reading on in the same streams;
+    # a later page starts after the cursor, so it counts with fresh ones
+    want = max(limit, count_cap) + 1 if cursor is None else limit + 1
+    seen = dict.fromkeys(names, 0)
     with ExitStack() as stack:
         readers = {p: stack.enter_context(members[p].store.read()) for p in names}
-        streams = [_tagged(p, Searcher(readers[p].txn, readers[p].dbs, query).stream(cursor, limit + 1))
+        streams = [_tagged(p, Searcher(readers[p].txn, readers[p].dbs, query).stream(cursor, want), seen)
                    for p in names]
         results: list[dict] = []
         last = None
@@ -46,14 +51,15 @@ def locate(members: dict, query: Query, after: str | None = None, limit: int = 1
                 break
             results.append(_entry(list(group), names))
             last = key
-        counts = {}
-        for p in names:
-            n = 0
-            for _ in Searcher(readers[p].txn, readers[p].dbs, query).stream(None, count_cap + 1):
-                n += 1
-                if n > count_cap:
+        if cursor is not None:
+            seen.update(dict.fromkeys(names, 0))
+            streams = [_tagged(p, Searcher(readers[p].txn, readers[p].dbs, query).stream(None, count_cap + 1),
+                               seen) for p in names]
+        for p, stream in zip(names, streams, strict=True):
+            for _ in stream:
+                if seen[p] > count_cap:
                     break
-            counts[p] = {"matches": min(n, count_cap), "exact": n <= count_cap}
+        counts = {p: {"matches": min(n, count_cap), "exact": n <= count_cap} for p, n in seen.items()}
     return {"pattern": query.pattern, "path": keys.display(query.path), "results": results,
             "members": counts, "truncated": more,
             "next_after": encode_after(*last) if more and last else None}
