@@ -71,7 +71,8 @@ def main(ctx: click.Context) -> None:
 @click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--path", "node_path", default=None, help="Show this node and its first children.")
 @click.option("--limit", default=100, show_default=True, help="Children to show with --path.")
-@click.option("--verify", is_flag=True, help="Recompute every directory's aggregates by a scan; exit 1 on any mismatch.")
+@click.option("--verify", is_flag=True, help="Recompute every directory's aggregates by a scan and check "
+              "the name index against the nodes; exit 1 on any mismatch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 @friendly
 def inspect(store: Path, node_path: str | None, limit: int, verify: bool, as_json: bool) -> None:
@@ -111,6 +112,10 @@ def _print_summary(out: dict) -> None:
         f"state          {out['tombstones']} tombstones, {out['suspects']} suspects, "
         f"{out['blind_additions']} blind additions, {out['blind_deletions']} blind deletions"
     )
+    ix = out.get("name_index")
+    if ix:
+        click.echo(f"name index     {ix['entries']:,} entries, {ix['blocks']:,} name blocks, "
+                   f"{ix['stale_names']:,} stale names")
     if "node" in out:
         n = out["node"]["node"]
         kind = "dir " if n["is_dir"] else "file"
@@ -126,7 +131,8 @@ def _print_summary(out: dict) -> None:
     if "verify" in out:
         v = out["verify"]
         if v["ok"]:
-            click.echo("verify         ok: every aggregate matches a full recount")
+            click.echo("verify         ok: every aggregate matches a full recount, and the name "
+                       "index the nodes")
         else:
             click.echo(f"verify         {v['problem_count']} problem(s):")
             for p in v["problems"][:20]:
@@ -172,7 +178,7 @@ main.add_command(fusion)
 main.add_command(agent)
 main.add_command(backup)
 main.add_command(restore)
-for _command in INDEX_COMMANDS:  # find, du, ls, stat, compare
+for _command in INDEX_COMMANDS:  # find, du, ls, stat, compare, locate
     main.add_command(_command)
 
 

@@ -1,5 +1,5 @@
-"""``fustor find``, ``du``, ``ls``, ``stat`` and ``compare``: the index, read like the file
-system. Thin click wrappers around :mod:`fustor.client`; output as GNU find/du/ls print
+"""``fustor find``, ``du``, ``ls``, ``stat``, ``compare`` and ``locate``: the index, read like
+the file system. Thin click wrappers around :mod:`fustor.client`; output as GNU find/du/ls print
 it (so scripts switch with one word), ``--json`` for programs."""
 
 from __future__ import annotations
@@ -202,4 +202,49 @@ def compare(target, members, no_mtime, server, key_file, ca_file, as_json) -> No
             out.line(d["difference"].encode() + b"\t" + shown(d["path"], out.tty) + tail.encode())
 
 
-COMMANDS = [find, du, ls, stat_, compare]
+@click.command()
+@click.argument("target", metavar="VIEW:PATH")
+@click.argument("pattern")
+@click.option("--exact", "match", flag_value="exact", default=None,
+              help="PATTERN is the whole name (case-insensitive), taken literally.")
+@click.option("--substring", "match", flag_value="substring",
+              help="PATTERN is part of the name, taken literally (even * ? [).")
+@click.option("-type", "kind", type=click.Choice(["f", "d", "any"]), default="f",
+              show_default=True, help="f: files, d: directories, any: both.")
+@click.option("-c", "--count", is_flag=True,
+              help="Only how many matches each member holds (on an fs view: the view).")
+@client_options
+@friendly
+def locate(target, pattern, match, kind, count, server, key_file, ca_file, as_json) -> None:
+    """Paths under VIEW:PATH whose name matches PATTERN (a glob such as '*.bam', or part
+    of a name; case-insensitive), from fusion's name index, in name order. On a forest
+    view each path is followed by the members holding it, the members that lack it and
+    `differ` when their sizes or mtimes differ."""
+    view, path = split_target(target)
+    out = _Out()
+    with _client(server, key_file, ca_file) as c:
+        found = c.locate(view, pattern, path, match=match, type=kind)
+        members = next(found)["members"]
+        if count:
+            totals = members or {view: {"matches": sum(1 for _ in found), "exact": True}}
+            for m, n in sorted(totals.items()):
+                if as_json:
+                    out.json({"member": m, **n})
+                else:
+                    out.line(f"{m}\t{n['matches']}{'' if n['exact'] else '+'}".encode())
+            return
+        for e in found:
+            if as_json:
+                out.json(e)
+                continue
+            line = shown(e["path"], out.tty)
+            if "members" in e:
+                line += ("\t" + ",".join(sorted(e["members"]))).encode()
+                if e["missing_in"]:
+                    line += ("\tmissing in " + ",".join(e["missing_in"])).encode()
+                if not e["agree"]:
+                    line += b"\tdiffer"
+            out.line(line)
+
+
+COMMANDS = [find, du, ls, stat_, compare, locate]

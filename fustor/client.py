@@ -1,4 +1,4 @@
-"""A client of fusion's query API for `fustor find`, `du`, `ls`, `stat` and `compare`.
+"""A client of fusion's query API for `fustor find`, `du`, `ls`, `stat`, `compare` and `locate`.
 
 Everything streams: :meth:`IndexClient.walk` yields entries as their pages arrive and
 holds at most one answer (bounded by the view's ``max_tree_items``) plus one page
@@ -274,6 +274,23 @@ class IndexClient:
             out = self.get(view, "compare", path=path, members=",".join(members or []) or None,
                            mtime=mtime, limit=self.page, after=after)
             yield from out.get("differences", [])
+            after = out.get("next_after")
+            if not after:
+                return
+
+    def locate(self, view: str, pattern: str, path: str = "/", **filters) -> Iterator[dict]:
+        """The matches of ``pattern`` under ``path``, page by page (fusion's name index):
+        nodes on an fs view; on a forest, paths with the members holding them. The first
+        item is the answer's header (``{"members": ...}``: per member match counts)."""
+        after = None
+        first = True
+        for _ in range(1 << 40):  # each page moves ``after`` on
+            out = self.get(view, "locate", pattern=pattern, path=path, limit=self.page,
+                           after=after, **filters)
+            if first:
+                yield {"members": out.get("members")}
+                first = False
+            yield from out.get("results", [])
             after = out.get("next_after")
             if not after:
                 return

@@ -242,3 +242,24 @@ def test_keys_come_from_the_environment_or_a_private_file(site, tmp_path):
     assert "nope" not in wrong.output.replace("Invalid or inactive", "")
     assert fustor(base, "ls", "v:/missing").exit_code == 1
     assert "give VIEW:PATH" in fustor(base, "ls", "noview").output
+
+
+def test_locate_answers_from_the_name_index_on_a_view_and_a_forest(site):
+    base, root = site
+    got = lines(fustor(base, "locate", "v:/", "*.DAT"))
+    want = [p for p in gnu_find(root, "-type", "f", "-iname", "*.dat")]
+    assert sorted(got) == want
+    assert [ln.rsplit(b"/", 1)[1].lower() for ln in got] == sorted(
+        ln.rsplit(b"/", 1)[1].lower() for ln in got)  # in name order
+    assert sorted(lines(fustor(base, "locate", "v:/d1", "f3.dat", "--exact"))) == [
+        b"/d1/s%d/f3.dat" % s for s in range(4)]
+    assert lines(fustor(base, "locate", "v:/", "-c", "nothing-like-it")) == [b"v\t0"]
+    # a forest: fb lacks /d2 and holds /d1/s1/f3.dat with another size
+    where = lines(fustor(base, "locate", "forest:/", "f3.dat", "--exact"))
+    assert b"/d0/s0/f3.dat\tfa,fb" in where
+    assert b"/d1/s1/f3.dat\tfa,fb\tdiffer" in where
+    assert b"/d2/s3/f3.dat\tfa\tmissing in fb" in where and len(where) == 12
+    assert lines(fustor(base, "locate", "forest:/", "-c", "f3.dat", "--exact")) == [
+        b"fa\t12", b"fb\t8"]
+    one = json.loads(lines(fustor(base, "locate", "forest:/d1/s1", "f3*", "--json"))[0])
+    assert one["members"]["fb"]["size"] == 1 and one["agree"] is False

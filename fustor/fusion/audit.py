@@ -160,7 +160,7 @@ def reset(w: TreeWriter, st: ViewState) -> None:
     )
     dbs = w.dbs
     for db in (dbs.tombstones, dbs.suspects, dbs.suspect_expiry, dbs.blind_additions,
-               dbs.blind_deletions, dbs.audit_dirs):
-        w.clear(db)
+               dbs.blind_deletions, dbs.audit_dirs, dbs.name_blobs, dbs.name_filters):
+        w.clear(db)  # every name in the name blocks is gone: none is kept stale
     st.clear()
     st.save(w, force=True)

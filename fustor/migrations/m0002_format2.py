@@ -3,8 +3,8 @@
 Format 2 keeps the keys and the node, tombstone, suspect and blind-spot records of
 format 1, and adds what is derived from them: aggregates with subtree digests,
 ``last_change_at`` and ``child_count``; the child-mtime index of big directories;
-the tombstone expiry index. So the migration copies the kept tables record by
-record, then rebuilds every derived table in one pass over the nodes
+the tombstone expiry index; the name index (``fustor.store.index``). So the
+migration copies the kept tables record by record, then rebuilds every derived table in one pass over the nodes
 (``fustor.store.derive.rebuild``; a further derived table is one more builder
 there). ``last_change_at`` of every directory becomes the migration time: the
 history of changes was not recorded before, and "changed just now" is the answer
@@ -26,7 +26,7 @@ OWN_META = {b"format_version", b"tree_id"}
 
 
 def migrate(src, dest, progress) -> None:
-    from fustor.store import derive
+    from fustor.store import derive, index
 
     with src.begin() as txn:
         for name in KEPT:
@@ -38,6 +38,7 @@ def migrate(src, dest, progress) -> None:
     now = time.time()
     # --- every table derived from the nodes is rebuilt here, in one pass over them ---
     dest.write(lambda w: derive.rebuild(w, now, lambda n: progress(f"{n} nodes derived")))
+    dest.write(lambda w: index.build_index(w.txn, w.dbs, lambda n: progress(f"{n} names indexed")))
 
 
 def _copy(cursor, dest, name: str, progress) -> None:

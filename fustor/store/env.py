@@ -194,9 +194,8 @@ class Store:
                 missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
             if missing:
                 raise StoreFormatError(f"{self.path} lacks tables {missing}; it is not a fustor store")
-            return Dbs(*(self.env.open_db(n.encode(), create=False, dupsort=n in DUPSORT)
-                         for n in DB_NAMES))
-        return Dbs(*(self.env.open_db(n.encode(), dupsort=n in DUPSORT) for n in DB_NAMES))
+            return Dbs(*(_open_db(self.env, n, create=False) for n in DB_NAMES))
+        return Dbs(*(_open_db(self.env, n) for n in DB_NAMES))
 
     # -- reads --------------------------------------------------------------------
     @contextmanager
@@ -324,7 +323,7 @@ class Store:
 
 def _init_tables(env: lmdb.Environment, tree_id: str) -> None:
     with env.begin(write=True) as txn:
-        dbs = Dbs(*(env.open_db(n.encode(), txn=txn, dupsort=n in DUPSORT) for n in DB_NAMES))
+        dbs = Dbs(*(_open_db(env, n, txn=txn) for n in DB_NAMES))
         w = TreeWriter(txn, dbs)
         w.put_meta("format_version", FORMAT_VERSION)
         w.put_meta("tree_id", tree_id)
@@ -332,6 +331,11 @@ def _init_tables(env: lmdb.Environment, tree_id: str) -> None:
         w.put_meta("migrations", [])
         w.upsert(keys.ROOT, True)
         w.flush()
+
+
+def _open_db(env: lmdb.Environment, name: str, **kw):
+    """One named table (DUPSORT for the child-mtime index and the name index)."""
+    return env.open_db(name.encode(), dupsort=name in DUPSORT, **kw)
 
 
 def _create_atomically(path: Path, tree_id: str) -> None:

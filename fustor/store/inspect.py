@@ -18,7 +18,7 @@ from pathlib import Path
 import lmdb
 
 from fustor.errors import FustorError, StoreFormatError
-from fustor.store import derive, keys
+from fustor.store import derive, index, keys
 from fustor.store.env import TORN, Store
 from fustor.store.records import Node
 
@@ -50,6 +50,8 @@ def summary(store: Store) -> dict:
             "suspects": r.count(dbs.suspects),
             "blind_additions": r.count(dbs.blind_additions),
             "blind_deletions": r.count(dbs.blind_deletions),
+            "name_index": {"entries": r.count(dbs.names), "blocks": r.count(dbs.name_blobs),
+                           "stale_names": int(r.meta(index.STALE, 0) or 0)},
         }
 
 
@@ -76,11 +78,12 @@ def verify(store: Store, progress: Callable[[int], None] | None = None) -> list[
     """Recompute everything derived from the nodes in one pass over them and compare:
     every directory's aggregates (counts, size, latest_mtime, both digests, child_count;
     last_change_at only grows towards the root), the child-mtime index of big
-    directories, the tombstone expiry index. Also reports nodes whose parent is missing
+    directories, the tombstone expiry index, the name index (entries missing or
+    without their node). Also reports nodes whose parent is missing
     or is not a directory, and aggregate records without a directory. Returns the
     mismatches (empty = ok)."""
     with store.read() as r:
-        return derive.check(r, progress)
+        return derive.check(r, progress) + index.verify(r.txn, r.dbs)
 
 
 def open_readonly(path: str | Path) -> Store:

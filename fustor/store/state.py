@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from fustor.store import keys
+from fustor.store import index, keys
 from fustor.store.records import EXPIRY, IS_DIR, PAIR, pack_pair
 
 # meta: how many suspect entries are directories (so the count of suspect *files* is
@@ -197,6 +197,9 @@ class StateWrites:
             self.put_meta(SUSPECT_DIRS, 0)
         elif db is self.dbs.tombstones:
             self.txn.drop(self.dbs.tombstone_expiry, delete=False)
+        elif db is self.dbs.name_blobs:
+            for name in (index.STALE, index.IN_BLOCKS):
+                self.put_meta(name, 0)
 
     def put_meta(self, name: str, value) -> None:
         self.txn.put(name.encode(), orjson.dumps(value), db=self.dbs.meta)

@@ -27,14 +27,12 @@ the nodes is a builder in ``fustor/store/derive.py``.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from fustor.errors import PathError
-from fustor.store import keys
+from fustor.store import index, keys
 from fustor.store.records import (
     AGG,
     DIGEST_SEED,
@@ -56,6 +54,7 @@ from fustor.store.records import (
     unpack_agg,
     unpack_node,
 )
+from fustor.store.search import Found, Query, Searcher
 from fustor.store.state import StateReads, StateWrites
 
 NEG = float("-inf")
@@ -82,10 +81,14 @@ class Dbs(NamedTuple):
     meta: object
     child_mtimes: object  # DUPSORT: dir key -> sortable(mtime) + name, for big directories
     tombstone_expiry: object  # sortable(wall_ts) + node key -> empty
+    names: object
+    name_dirs: object
+    name_blobs: object
+    name_filters: object
 
 
 # tables opened with DUPSORT
-DUPSORT = frozenset({"child_mtimes"})
+DUPSORT = frozenset({"child_mtimes", index.NAMES})
 
 
 class TreeReader(StateReads):
@@ -229,26 +232,11 @@ class TreeReader(StateReads):
         return Stats(f, d, s, m)
 
     # -- search -------------------------------------------------------------------
-    def search(self, pattern: str, path: bytes = keys.ROOT, limit: int | None = 1000) -> list[Node]:
-        """Files under ``path`` whose name matches the glob ``pattern``, whose full path
-        matches it, or whose name contains it (case-insensitive); at most ``limit``."""
-        name_glob = re.compile(fnmatch.translate(pattern), re.S).match
-        needle = pattern.lower()
-        out: list[Node] = []
-        if limit is not None and limit <= 0:
-            return out
-        for k, v in self.iter_subtree(path):
-            if v[0] & IS_DIR:
-                continue
-            name = keys.display(keys.name_of_key(k))
-            if not (name_glob(name) or needle in name.lower()):
-                full = keys.display(keys.path_of(k, bytes(v[NODE.size :])))
-                if not name_glob(full):
-                    continue
-            out.append(unpack_node(k, v))
-            if limit is not None and len(out) >= limit:
-                break
-        return out
+    def search(self, pattern: str, path: bytes = keys.ROOT, limit: int | None = 1000, *,
+               after: str | None = None, **filters) -> Found:
+        """Nodes under ``path`` matching ``pattern`` (see :mod:`fustor.store.search` for what a
+        pattern means, the filters and the order), one page of at most ``limit``."""
+        return Searcher(self.txn, self.dbs, Query(pattern, path, **filters)).page(after, limit)
 
 
 def _fixed_size(dbs: Dbs, db) -> int:
@@ -283,6 +271,7 @@ class TreeWriter(TreeReader, StateWrites):
         self._any_index: bool | None = None
         # the fusion-side wall time of this job's changes (last_change_at)
         self.now = time.time() if now is None else now
+        self.index_pending = index.Pending()
 
     # -- upsert -------------------------------------------------------------------
     def upsert(
@@ -377,6 +366,7 @@ class TreeWriter(TreeReader, StateWrites):
 
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
         self.txn.put(key, pack_node(node), db=self.dbs.nodes)
+        index.add(self, key)
         m = node.modified_time
         # entry_digests, inlined: this runs for every new node
         h = DIGEST_SEED.copy()
@@ -444,6 +434,7 @@ class TreeWriter(TreeReader, StateWrites):
         parent = keys.parent_of(path)
         dbs = self.dbs
         self.txn.delete(key, db=dbs.nodes)
+        index.remove(self, key)
         self._drop_node_state(key, path, node.is_dir)
         # (node deleted: hooks of other derived tables go here; a directory's
         # descendants go in _delete_subtree)
@@ -458,6 +449,7 @@ class TreeWriter(TreeReader, StateWrites):
         if self._has_any_index():
             self.txn.delete(key, db=dbs.child_mtimes)
         self._forget_job_state(path)
+        index.remove_subtree(self, path)  # while the nodes are there to say where names are
         removed = self._delete_subtree(path)
         self._acc(parent, -agg.file_count, -agg.dir_count, -agg.total_size, None,
                   agg.latest_mtime, -agg.digest, -agg.digest_nomtime, -1)
@@ -642,6 +634,7 @@ class TreeWriter(TreeReader, StateWrites):
         Every pending entry is a change in that subtree, so it also moves the
         directory's ``last_change_at`` to this job's time and is handed on to the parent.
         """
+        index.flush(self)
         pend = self._pend
         if not pend:
             return

@@ -35,6 +35,7 @@ SAMPLES: dict[str, tuple[dict, object, int]] = {
     "GET /api/v1/views/{view_id}/tree": ({"path": "/", "max_depth": 1}, None, 200),
     "GET /api/v1/views/{view_id}/stats": ({"path": "/"}, None, 200),
     "GET /api/v1/views/{view_id}/search": ({"pattern": "*.txt"}, None, 200),
+    "GET /api/v1/views/{view_id}/locate": ({"pattern": "*.txt"}, None, 200),
     "GET /api/v1/views/{view_id}/blind-spots": ({}, None, 200),
     "GET /api/v1/views/{view_id}/suspect-list": ({}, None, 200),
     "PUT /api/v1/views/{view_id}/suspect-list": ({}, {"updates": []}, 200),

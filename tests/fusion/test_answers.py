@@ -117,7 +117,7 @@ async def test_a_name_that_is_not_utf8_can_be_asked_for_by_path(fusion_app):
     assert r.status_code == 200 and r.json()["size"] == 7 and r.json()["path"] == f"/d/{name}"
     assert (await c.get(f"{V}/stats?path=/d", headers=Q)).json()["file_count"] == 2
     found = (await c.get(f"{V}/search?pattern=caf%E9&path=/d", headers=Q)).json()
-    assert [x["path"] for x in found] == [f"/d/{name}"]
+    assert [x["path"] for x in found["results"]] == [f"/d/{name}"]
     page = (await c.get(f"{V}/tree?path=/d&limit=1&after={quote(os.fsencode(name))}", headers=Q)).json()
     assert [ch["name"] for ch in page["children"]] == ["ok"]
     assert keys.normalise(f"/d/{name}") == b"/d/caf\xe9"

@@ -438,6 +438,8 @@ def test_reset_empties_the_view(view, wall):
     assert (root.size, root.modified_time, root.known_by_agent) == (0, 0.0, False)
     assert view.tombstones() == set() and view.suspects() == set()
     assert view.blind("additions") == set() and view.blind("deletions") == set()
+    with view.store.read() as r:  # the name index holds nothing, not even stale names
+        assert r.search("*", kind=None).nodes == [] and r.count(r.dbs.name_blobs) == 0
     st = view.st
     assert st.clock.dump() == [] and st.clock.watermark() == wall.t
     assert (st.last_audit_start, st.audit_cycle_count, st.last_event_latency_ms) == (None, 0, 0.0)
@@ -447,6 +449,8 @@ def test_reset_empties_the_view(view, wall):
     assert view.st.last_event_at == 0.0
     view.upsert("realtime", "/a/b", wall.t)
     assert view.paths() == {"/", "/a", "/a/b"}
+    with view.store.read() as r:
+        assert [n.path for n in r.search("B").nodes] == [b"/a/b"]
     view.check()
 
 

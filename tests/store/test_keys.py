@@ -103,7 +103,7 @@ def test_non_utf8_names_round_trip_through_the_store(store):
         assert kids[1].path_str == os.fsdecode(b"/d\xff/\xfe\xfd.bin")
         walked = [n.path for _d, n in r.walk(b"/")]
         assert walked == [b"/", b"/d\xff", raw, b"/d\xff/\xfe\xfd.bin"]
-        found = r.search(os.fsdecode(b"\xfe\xfd") + "*")
+        found = r.search(os.fsdecode(b"\xfe\xfd") + "*").nodes
         assert [n.path for n in found] == [b"/d\xff/\xfe\xfd.bin"]
         assert r.stats(b"/d\xff").file_count == 2
     assert verify(store) == []
@@ -180,11 +180,11 @@ def test_long_paths_get_children_and_stats(long_tree):
 def test_long_paths_search_and_walk(long_tree):
     store, base, a, b, deep = long_tree
     with store.read() as r:
-        assert len(r.search("*.dat", limit=None)) == 47
-        in_a = r.search("*.dat", path=a, limit=None)
+        assert len(r.search("*.dat", limit=None).nodes) == 47
+        in_a = r.search("*.dat", path=a, limit=None).nodes
         assert sorted(n.path for n in in_a) == [a + b"/f%03d.dat" % i for i in range(30)]
-        assert [n.path for n in r.search("LLLL", path=base)] == [deep + b"/" + b"L" * 255]
-        assert [n.path for n in r.search("f004.dat", path=b)] == [b + b"/f004.dat"]
+        assert [n.path for n in r.search("LLLL", path=base).nodes] == [deep + b"/" + b"L" * 255]
+        assert [n.path for n in r.search("f004.dat", path=b).nodes] == [b + b"/f004.dat"]
         walked = [(d, n.path) for d, n in r.walk(a)]
         assert walked[0] == (0, a)
         assert [p for _d, p in walked[1:]] == [a + b"/f%03d.dat" % i for i in range(30)]
@@ -200,7 +200,7 @@ def test_delete_long_dir_keeps_its_long_siblings(long_tree):
         assert len(r.children(b)[0]) == 5
         assert r.stats(b).file_count == 5 and r.stats(deep).file_count == 13
         assert r.stats(b"/").file_count == 18
-        assert r.search("f0*", path=base, limit=None) and not r.search("*", path=a)
+        assert r.search("f0*", path=base, limit=None).nodes and not r.search("*", path=a).nodes
     assert verify(store) == []
 
 
@@ -263,7 +263,7 @@ def test_dirs_around_the_parent_limit(store, length):
         assert r.get(d + b"/sub/f001.dat").path == d + b"/sub/f001.dat"
         assert (r.stats(d).file_count, r.stats(d).total_size) == (6, 22)
         assert r.stats_by_scan(d) == r.stats(d)
-        assert len(r.search("*", path=d, limit=None)) == 6
+        assert len(r.search("*", path=d, limit=None).nodes) == 6
     assert store.write(lambda w: w.delete(d)) == 8
     with store.read() as r:
         assert r.stats(head).file_count == 3 and r.stats(twin).file_count == 3

@@ -79,7 +79,7 @@ def check_migrated(path, nodes):
             assert (st.file_count, st.dir_count, st.total_size, st.latest_mtime) == (
                 expected_root_stats(nodes))
             assert r.stats(b"/proj3/sub1").file_count == 13
-            assert [n.path for n in r.search("data*")] == [RAW_NAME]
+            assert [n.path for n in r.search("data*").nodes] == [RAW_NAME]
         assert verify(store) == []
 
 

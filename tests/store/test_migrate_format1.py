@@ -63,6 +63,10 @@ def test_migrate_a_format1_store(old):
             assert r.meta("migrations")[-1] == "m0002_format2"
             assert r.meta("audit_cycle") == 3  # the fusion layer's meta keys survive
             assert r.get(b"/raw\xff/data\xfe.bin").size == 999
+            # the name index was built from the nodes: a search answers from it
+            assert [n.path for n in r.search("DATA*", b"/", 10).nodes] == [b"/raw\xff/data\xfe.bin"]
+            assert [n.path for n in r.search("inside.dat", b"/", 10).nodes] == \
+                [keys.normalise(LONG + "/inside.dat")]
             long_file = r.get(keys.normalise(LONG + "/inside.dat"))
             assert long_file.size == 4242 and long_file.modified_time == 4000.25
             assert r.tombstone(keys.normalise(LONG + "/old.dat")) == (4101.0, 4201.0)

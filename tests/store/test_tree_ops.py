@@ -88,7 +88,7 @@ def test_recursive_delete_removes_every_descendant(store):
     with store.read() as r:
         for p in (b"/k", b"/k/f1", b"/k/sub", b"/k/sub/deeper/f3"):
             assert r.get(p) is None and r.stats(p) is None
-        assert r.search("f*", limit=None) and {n.name for n in r.search("f*")} == {"f4", "f5"}
+        assert r.search("f*", limit=None).nodes and {n.name for n in r.search("f*").nodes} == {"f4", "f5"}
         assert stat_tuple(r.stats(b"/")) == (2, 3, 20, 5.0)
         assert r.count(r.dbs.aggregates) == 3  # /, /keep, /k2
     assert verify(store) == []
@@ -140,7 +140,7 @@ def test_limit_zero_gives_an_empty_page(store):
     with store.read() as r:
         page, _next = r.children(b"/z", limit=0)
         assert page == []
-        assert r.search("*", limit=0) == []
+        assert r.search("*", limit=0).nodes == []
 
 
 def test_walk_depths(store):
@@ -171,16 +171,17 @@ def test_search(store):
     store.write(lambda w: w.upsert(b"/p/dir.csv", True, 0, 0.0, 0.0))  # a dir: never returned
     with store.read() as r:
         def found(pattern, **kw):
-            return sorted(n.path for n in r.search(pattern, **kw))
+            return sorted(n.path for n in r.search(pattern, **kw).nodes)
 
-        assert found("*.csv") == [b"/p/data.csv", b"/p/q/more.csv", b"/r/data.csv"]
+        # names are matched case-insensitively
+        assert found("*.csv") == [b"/p/data.csv", b"/p/q/more.csv", b"/p/report.CSV", b"/r/data.csv"]
         assert found("notes") == [b"/p/Notes.txt"]  # case-insensitive substring
         assert found("REPORT") == [b"/p/report.CSV"]
         assert found("/p/q/*") == [b"/p/q/more.csv"]  # glob on the full path
-        assert found("*.csv", path=b"/p") == [b"/p/data.csv", b"/p/q/more.csv"]
+        assert found("*.csv", path=b"/p") == [b"/p/data.csv", b"/p/q/more.csv", b"/p/report.CSV"]
         assert found("nothing-like-this") == []
-        assert len(r.search("*", limit=2)) == 2
-        assert len(r.search("*", limit=None)) == 5
+        assert len(r.search("*", limit=2).nodes) == 2
+        assert len(r.search("*", limit=None).nodes) == 5
 
 
 def test_failing_job_leaves_nothing_and_others_commit(store):

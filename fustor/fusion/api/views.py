@@ -122,18 +122,59 @@ async def stats(view_id: str, request: Request,
     return json_response(out)
 
 
-@router.get("/search", **READ)
-async def search(view_id: str, request: Request,
-                 pattern: str = Query(..., description="Glob on name or path, or a substring of the name"),
-                 path: str = Query("/", description="Search under this directory"),
-                 limit: int = Query(1000, ge=1, le=1_000_000)):
-    """Files under path matching pattern, at most limit (a forest answers per member)."""
+SEARCH_DOC = ("A pattern with * ? or [ is a glob on the name (case-insensitive), or on the "
+              "whole path if it holds /; other text is a case-insensitive part of the name")
+
+
+async def _search(view_id: str, request: Request, pattern: str, path: str, limit: int,
+                  after: str | None, match: str, type_: str, min_size: int | None,
+                  max_size: int | None, min_mtime: float | None, max_mtime: float | None):
     f, v = _ctx(request, view_id)
     path = raw_query(request, "path", path)
     pattern = raw_query(request, "pattern", pattern)
     if not isinstance(v, ForestView):
         f.check_ready(v)
-    return json_response(await _answer(v, lambda m: m.search(pattern, path, limit)))
+    kind = {"f": "f", "d": "d", "any": None}.get(type_, "?")
+    return json_response(await run_in_threadpool(
+        v.locate, pattern, path, limit, after, match=match, kind=kind, min_size=min_size,
+        max_size=max_size, min_mtime=min_mtime, max_mtime=max_mtime))
+
+
+PATTERN = Query(..., description=SEARCH_DOC)
+UNDER = Query("/", description="Search under this directory")
+LIMIT = Query(1000, ge=1, le=1_000_000, description="Results per page")
+AFTER = Query(None, description="Page on: the next_after value of the previous page")
+MATCH = Query("auto", description="auto (as above), exact (the name), substring or glob")
+TYPE = Query("f", alias="type", description="f files, d directories, any both")
+MIN_SIZE = Query(None, ge=0, description="Size at least (bytes)")
+MAX_SIZE = Query(None, ge=0, description="Size at most (bytes)")
+MIN_MTIME = Query(None, description="Modified at or after (seconds since 1970)")
+MAX_MTIME = Query(None, description="Modified at or before (seconds since 1970)")
+
+
+@router.get("/search", **READ)
+async def search(view_id: str, request: Request, pattern: str = PATTERN, path: str = UNDER,
+                 limit: int = LIMIT, after: str | None = AFTER, match: str = MATCH,
+                 type_: str = TYPE, min_size: int | None = MIN_SIZE,
+                 max_size: int | None = MAX_SIZE, min_mtime: float | None = MIN_MTIME,
+                 max_mtime: float | None = MAX_MTIME):
+    """Nodes under path matching pattern, ordered by name, paged: ``{"results": [...],
+    "truncated", "next_after"}``. On a forest view: the members' matches merged, as locate."""
+    return await _search(view_id, request, pattern, path, limit, after, match, type_,
+                         min_size, max_size, min_mtime, max_mtime)
+
+
+@router.get("/locate", **READ)
+async def locate(view_id: str, request: Request, pattern: str = PATTERN, path: str = UNDER,
+                 limit: int = LIMIT, after: str | None = AFTER, match: str = MATCH,
+                 type_: str = TYPE, min_size: int | None = MIN_SIZE,
+                 max_size: int | None = MAX_SIZE, min_mtime: float | None = MIN_MTIME,
+                 max_mtime: float | None = MAX_MTIME):
+    """Where is it: the paths under path matching pattern, each with the forest members
+    holding it, whether their size and mtime agree, and which lack it; per member, how many
+    matches it holds. On an fs view it is the search."""
+    return await _search(view_id, request, pattern, path, limit, after, match, type_,
+                         min_size, max_size, min_mtime, max_mtime)
 
 
 @router.get("/blind-spots", **READ)

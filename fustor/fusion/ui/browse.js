@@ -68,6 +68,7 @@ export function mount(el, ctx, viewId, params) {
   const sort = params.get("sort") === "size" ? "size" : "name";
   const q = params.get("q") || "";
   const qpage = Math.max(0, Number.parseInt(params.get("qpage") || "0", 10) || 0);
+  const qafter = params.get("qafter") || "";
   const base = `/view/${encodeURIComponent(viewId)}`;
   const link = (p = {}) => href(base, { path, limit: limit !== 100 ? limit : null,
     sort: sort !== "name" ? sort : null, ...p });
@@ -93,9 +94,9 @@ export function mount(el, ctx, viewId, params) {
     breadcrumb(viewId, path, dirLink), summary,
     h("form", { class: "search", role: "search", onsubmit: (ev) => {
       ev.preventDefault();
-      go({ q: searchInput.value.trim() || null, qpage: null, after: null });
+      go({ q: searchInput.value.trim() || null, qpage: null, qafter: null, after: null });
     } }, searchInput, h("button", { type: "submit" }, "Search"),
-    q ? h("a", { href: link({ q: null, qpage: null }) }, "clear") : null,
+    q ? h("a", { href: link({ q: null, qpage: null, qafter: null }) }, "clear") : null,
     h("small", { class: "muted" }, ` under ${path}`)),
     body));
 
@@ -187,25 +188,24 @@ export function mount(el, ctx, viewId, params) {
   }
 
   async function search(box) {
-    // the search route has no `after`: ask for one page more than shown to know if there is more
-    const want = (qpage + 1) * SEARCH_PAGE;
+    // pages of the name index: `qafter` is the cursor fusion gave (next_after), `qpage` only numbers them
     const found = await api(`${views(viewId)}/search`, { signal,
-      params: { pattern: q, path, limit: want + 1 } });
+      params: { pattern: q, path, limit: SEARCH_PAGE, after: qafter || null } });
     const m = await marks;
-    const page = found.slice(qpage * SEARCH_PAGE, want);
+    const page = found.results;
     const t = table(["Path", "Size", "Modified", "Marks"], "results");
     for (const n of page) {
       t.tbody.append(h("tr", { dataset: { path: n.path } },
-        h("td", { class: "name" }, h("a", { href: link({ path: parentOf(n.path), q: null, qpage: null }),
+        h("td", { class: "name" }, h("a", { href: link({ path: parentOf(n.path), q: null, qpage: null, qafter: null }),
           title: "open its directory" }, pathText(n.path))),
         h("td", { class: "num" }, size(n.size)), h("td", {}, ago(n.modified_time)),
         h("td", {}, marksCell(n, m))));
     }
     const first = qpage * SEARCH_PAGE + 1;
     const pager = h("div", { class: "pager" },
-      qpage > 0 ? h("a", { href: link({ q, qpage: qpage - 1 || null }), class: "button" }, "‹ Previous") : null,
+      qafter ? h("a", { href: link({ q, qpage: null, qafter: null }), class: "button" }, "« First results") : null,
       page.length ? h("span", { class: "muted" }, `results ${first}–${first + page.length - 1}`) : null,
-      found.length > want ? h("a", { href: link({ q, qpage: qpage + 1 }), class: "button", rel: "next" }, "Next ›") : null);
+      found.next_after ? h("a", { href: link({ q, qpage: qpage + 1, qafter: found.next_after }), class: "button", rel: "next" }, "Next ›") : null);
     fill(box, h("h2", {}, `Search “${q}” under ${path}`),
       page.length ? t.el : h("p", { class: "muted" }, "Nothing found."), pager);
   }

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from fustor.errors import BadQueryError, FustorError, NotFoundError
 from fustor.fusion.views.fs import FsView, node_json
-from fustor.store import keys
+from fustor.fusion.views.locate import locate
+from fustor.store import Query, keys
 from fustor.store.compare import differing_children, same_subtree, tally
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
@@ -108,6 +109,15 @@ class ForestView:
             except FustorError as exc:
                 out[pipe] = {"status": "error", "error": exc.message}
         return {"path": path, "members": out}
+
+    def locate(self, pattern: str, path: str = "/", limit: int = 1000, after: str | None = None,
+               **filters) -> dict:
+        """The paths under ``path`` matching ``pattern`` in any member, each with the members
+        holding it and whether they agree (see ``views/locate.py``)."""
+        q = Query(pattern, keys.normalise(path), **filters)
+        return locate(dict(self.members), q, after, limit)
+
+    search = locate  # a forest's search is over all its members
 
     def compare(self, path: str = "/", *, members: list[str] | None = None, mtime: bool = True,
                 recursive: bool = True, limit: int = 1000, after: str | None = None,

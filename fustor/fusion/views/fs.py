@@ -297,9 +297,18 @@ class FsView:
         return {"last_change_at": last, "quiet_for_s": round(quiet, 3), "suspects_under": under,
                 "settle_s": self.settle_s, "settled": quiet >= self.settle_s and under == 0}
 
-    def search(self, pattern: str, path: str = "/", limit: int = 1000) -> list[dict]:
+    def search(self, pattern: str, path: str = "/", limit: int = 1000, after: str | None = None,
+               **filters) -> dict:
+        """One page of the nodes under ``path`` matching ``pattern`` (see
+        :mod:`fustor.store.search`), by name; ``next_after`` pages on."""
+        p = keys.normalise(path)
         with self.store.read() as r:
-            return [node_json(n) for n in r.search(pattern, keys.normalise(path), limit)]
+            found = r.search(pattern, p, limit, after=after, **filters)
+            return {"pattern": pattern, "path": keys.display(p),
+                    "results": [node_json(n) for n in found.nodes],
+                    "truncated": found.truncated, "next_after": found.next_after}
+
+    locate = search  # on one tree, "where is it" is the search itself
 
     def blind_spots(self, limit: int = 10_000) -> dict:
         """What only audits saw: added entries (files and directories, each with its

@@ -1,0 +1,343 @@
+"""The name index: which nodes have a given (case-folded) name, kept by the writes.
+
+Four tables (layout and the measurements behind it in ``fustor/store/README.md``):
+
+- ``names`` (DUPSORT): ``fold(name)`` -> entry, one per node except the root. An entry
+  is the 9-byte id of the node's directory, followed by the name itself only when it
+  differs from its folded form (so ``A.txt`` and ``a.txt`` side by side stay apart).
+  Exact names are one lookup, name prefixes one key range; its keys without
+  duplicates are the distinct names, in order.
+- ``name_dirs``: directory id -> the node-key prefix of that directory's children
+  (``keys.dir_prefix``). An id is the first 8 bytes of BLAKE2b of that prefix plus one
+  byte that tells apart the (astronomically rare) prefixes whose hashes collide, so
+  the same directory has the same id in every tree. A node key is
+  ``name_dirs[entry[:9]] + (entry[9:] or folded name)``.
+- ``name_blobs``: block number (``>I``) -> ``\\0name\\0name\\0...\\0``, the distinct folded
+  names in the order they first appeared, packed ~``BLOCK`` bytes per value. A
+  substring or suffix is found by ``bytes.find`` over these blocks (C speed, no
+  per-name Python work), then checked against ``names``. A name whose last node
+  goes stays in its block (stale; ``meta.name_blob_stale`` counts them) until a
+  compaction pass rewrites the full blocks one per job (:func:`compact_step`), or
+  :func:`build_index` rewrites them all.
+- ``name_filters``: block number -> a 4 KiB trigram filter of that block, written once when
+  the block fills up (blocks never change after). A literal whose trigrams are not all
+  in a block's filter is not in that block, so a rare or absent literal reads ~4 KiB of
+  filter per 16 KiB block instead of the block.
+
+The writer calls :func:`add` when it creates a node, :func:`remove` / :func:`remove_subtree`
+before it deletes nodes, and :func:`flush` at the end of each job, all in the job's
+write transaction. One put per created node (``overwrite=False`` tells a new distinct
+name for free; a directory's id is looked up once per job); the block append is one
+put per job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+
+from fustor.store import keys
+from fustor.store.records import IS_DIR, NODE
+
+NAMES = "names"
+DIRS = "name_dirs"
+BLOBS = "name_blobs"
+ID_SIZE = 9
+BLOCK = 16 * 1024  # bytes of packed names per block value
+FOLD_MAX = 500  # a folded name never reaches LMDB's 511-byte key limit
+BLOCK_NO = struct.Struct(">I")
+STALE = "name_blob_stale"
+IN_BLOCKS = "name_blob_names"  # meta: names appended to the blocks and not compacted away
+COMPACT_AT = "name_compact_at"  # meta: the next block of a running compaction pass
+COMPACT_MIN = 100_000  # stale names before a compaction pass is worth its rewrites
+FILTERS = "name_filters"
+FILTER_BITS = 1 << 15  # per full block: ~4,000 distinct trigrams set ~12 % of the bits
+FILTER_PRIME = 32749  # largest prime below FILTER_BITS
+
+
+def fold(name: bytes) -> bytes:
+    """The case-folded form of a name that the index is keyed by (lower case; names
+    that are not UTF-8 are folded character by character where they decode)."""
+    if name.isascii():
+        return name.lower()
+    f = name.decode("utf-8", "surrogateescape").lower().encode("utf-8", "surrogateescape")
+    return f[:FOLD_MAX]
+
+
+class Pending:
+    """What one job changes in the index beyond the ``names`` puts (flushed at its end),
+    and the directory ids it has looked up."""
+
+    __slots__ = ("new_names", "stale", "ids")
+
+    def __init__(self) -> None:
+        self.new_names: list[bytes] = []
+        self.stale = 0
+        self.ids: dict[bytes, bytes] = {}
+
+
+def split_key(key: bytes) -> tuple[bytes, bytes]:
+    """``(children prefix of the parent, name)`` of a node key."""
+    i = key.index(keys.SEP) + 1
+    return key[:i], key[i:]
+
+
+def dir_id(txn, dbs, prefix: bytes, create: bool = False) -> bytes | None:
+    """The id of the directory whose children's keys start with ``prefix`` (None if it has
+    none and ``create`` is false)."""
+    h = hashlib.blake2b(prefix, digest_size=ID_SIZE - 1).digest()
+    cur = txn.cursor(db=dbs.name_dirs)
+    last = -1
+    if cur.set_range(h):
+        for k, v in cur.iternext():
+            if not k.startswith(h):
+                break
+            if v == prefix:
+                return k
+            last = k[-1]
+    if not create:
+        return None
+    k = h + bytes((last + 1,))
+    txn.put(k, prefix, db=dbs.name_dirs)
+    return k
+
+
+def entry(dir_key: bytes, name: bytes, f: bytes) -> bytes:
+    return dir_key + name if name != f else dir_key
+
+
+def node_key_of(prefix: bytes, value: bytes, f: bytes) -> bytes:
+    """The node key an entry stands for, given its directory's prefix."""
+    return prefix + (value[ID_SIZE:] or f)
+
+
+def add(w, key: bytes) -> None:
+    """Index the node with node key ``key`` (just created). Once per created node, so
+    written for speed: no helper calls on the common path."""
+    if key == keys.ROOT:
+        return
+    i = key.index(b"\0") + 1
+    prefix, name = key[:i], key[i:]
+    p = w.index_pending
+    d = p.ids.get(prefix)
+    if d is None:
+        d = p.ids[prefix] = dir_id(w.txn, w.dbs, prefix, create=True)
+    f = name.lower() if name.isascii() else fold(name)
+    v = d if f == name else d + name
+    txn, names = w.txn, w.dbs.names
+    if txn.put(f, v, overwrite=False, db=names):
+        p.new_names.append(f)  # first node with this name
+    else:
+        txn.put(f, v, db=names)
+
+
+def remove(w, key: bytes) -> None:
+    """Drop the index entry of the node with node key ``key`` (about to be deleted)."""
+    if key == keys.ROOT:
+        return
+    prefix, name = split_key(key)
+    d = w.index_pending.ids.get(prefix) or dir_id(w.txn, w.dbs, prefix)
+    if d is not None:
+        f = fold(name)
+        names = w.dbs.names
+        if w.txn.delete(f, entry(d, name, f), db=names) and w.txn.get(f, db=names) is None:
+            w.index_pending.stale += 1
+
+
+def remove_subtree(w, path: bytes) -> None:
+    """Drop the index entries of every strict descendant of directory ``path``, and the
+    ids of ``path`` and of the directories below it."""
+    gone = [keys.dir_prefix(path)]
+    stack = [path]
+    while stack:  # by the children layout: the cost is the subtree, whatever the path length
+        for k, v in w.iter_children_raw(stack.pop()):
+            k = bytes(k)
+            remove(w, k)
+            if v[0] & IS_DIR:
+                d = keys.path_of(k, bytes(v[NODE.size :]))
+                gone.append(keys.dir_prefix(d))
+                stack.append(d)
+    for prefix in gone:  # after the entries: they are found through these ids
+        d = w.index_pending.ids.pop(prefix, None) or dir_id(w.txn, w.dbs, prefix)
+        if d is not None:
+            w.txn.delete(d, db=w.dbs.name_dirs)
+
+
+def flush(w) -> None:
+    """Append the job's new distinct names to the blocks; count the names that went; and
+    while the blocks hold many stale names, rewrite one full block without them."""
+    p = w.index_pending
+    stale = p.stale
+    if p.new_names:
+        append_names(w.txn, w.dbs, p.new_names)
+        w.put_meta(IN_BLOCKS, int(w.meta(IN_BLOCKS, 0) or 0) + len(p.new_names))
+        p.new_names = []
+    if stale:
+        w.put_meta(STALE, int(w.meta(STALE, 0) or 0) + stale)
+        p.stale = 0
+    at = w.meta(COMPACT_AT)
+    if at is not None or stale:
+        compact_step(w, at)
+
+
+def compact_step(w, at: int | None) -> None:
+    """One bounded step of a compaction pass: the next full block loses the names that
+    have no node any more (its filter is rewritten with it). A pass starts when a quarter
+    of the names in the blocks (and at least ``COMPACT_MIN``) are stale; it ends after
+    the last full block."""
+    stale = int(w.meta(STALE, 0) or 0)
+    total = int(w.meta(IN_BLOCKS, 0) or 0)
+    if at is None:
+        if stale < COMPACT_MIN or stale * 4 < total:
+            return
+        at = 0
+    txn, dbs = w.txn, w.dbs
+    cur = txn.cursor(db=dbs.name_filters)
+    if not cur.set_range(BLOCK_NO.pack(at)):
+        w.put_meta(STALE, 0)  # the pass is over (names deleted during it wait for the next)
+        txn.delete(COMPACT_AT.encode(), db=dbs.meta)
+        return
+    k = cur.key()
+    names = txn.get(k, db=dbs.name_blobs)[1:-1].split(b"\0")
+    keep = [f for f in names if txn.get(f, db=dbs.names) is not None]
+    gone = len(names) - len(keep)
+    if gone:
+        if keep:
+            block = b"\0" + b"\0".join(keep) + b"\0"
+            txn.put(k, block, db=dbs.name_blobs)
+            txn.put(k, trigram_filter(block), db=dbs.name_filters)
+        else:
+            txn.delete(k, db=dbs.name_blobs)
+            txn.delete(k, db=dbs.name_filters)
+        w.put_meta(STALE, max(0, stale - gone))
+        w.put_meta(IN_BLOCKS, max(0, total - gone))
+    w.put_meta(COMPACT_AT, BLOCK_NO.unpack(k)[0] + 1)
+
+
+def append_names(txn, dbs, names: list[bytes]) -> None:
+    """Append ``names`` to the last block; each block that fills up gets its trigram filter."""
+    blobs = dbs.name_blobs
+    cur = txn.cursor(db=blobs)
+    if cur.last():
+        no = BLOCK_NO.unpack(cur.key())[0]
+        block = bytearray(cur.value())
+    else:
+        no, block = 0, bytearray(b"\0")
+    for f in names:
+        if len(block) + len(f) + 1 > BLOCK and len(block) > 1:
+            sealed = bytes(block)
+            txn.put(BLOCK_NO.pack(no), sealed, db=blobs)
+            txn.put(BLOCK_NO.pack(no), trigram_filter(sealed), db=dbs.name_filters)
+            no += 1
+            block = bytearray(b"\0")
+        block += f
+        block += b"\0"
+    txn.put(BLOCK_NO.pack(no), bytes(block), db=blobs)
+
+
+def trigram_bits(data: bytes) -> set[int]:
+    """Bit numbers of the trigrams of ``data`` in a block's filter."""
+    tris = set(zip(data, data[1:], data[2:], strict=False))
+    return {((a << 16) | (b << 8) | c) % FILTER_PRIME for a, b, c in tris}
+
+
+def trigram_filter(block: bytes) -> bytes:
+    """A ``FILTER_BITS``-bit set of the block's trigrams (one hash: a trigram's bit is set in
+    the filter of every block holding it; a clear bit proves it absent)."""
+    out = bytearray(FILTER_BITS // 8)
+    for h in trigram_bits(block):
+        out[h >> 3] |= 1 << (h & 7)
+    return bytes(out)
+
+
+def build_index(txn, dbs, progress: Callable[[int], None] | None = None) -> int:
+    """(Re)build ``names``, ``name_dirs`` and ``name_blobs`` from the nodes in one pass,
+    inside the write transaction ``txn`` (``dbs`` holds the open tables). Returns the
+    number of nodes indexed. For the migration that brings a store to the format with
+    the index."""
+    for db in (dbs.names, dbs.name_dirs, dbs.name_blobs, dbs.name_filters):
+        txn.drop(db, delete=False)
+    names = dbs.names
+    pending: list[bytes] = []
+    ids: dict[bytes, bytes] = {}
+    n = 0
+    for k in txn.cursor(db=dbs.nodes).iternext(values=False):
+        k = bytes(k)
+        if k == keys.ROOT:
+            continue
+        prefix, name = split_key(k)
+        d = ids.get(prefix)
+        if d is None:
+            d = ids[prefix] = dir_id(txn, dbs, prefix, create=True)
+        f = fold(name)
+        v = d + name if name != f else d
+        if txn.put(f, v, overwrite=False, db=names):
+            pending.append(f)
+        else:
+            txn.put(f, v, db=names)
+        n += 1
+        if len(pending) >= 100_000:
+            append_names(txn, dbs, pending)
+            pending = []
+        if progress and n % 500_000 == 0:
+            progress(n)
+    if pending:
+        append_names(txn, dbs, pending)
+    distinct = sum(1 for _ in txn.cursor(db=names).iternext_nodup(values=False))
+    txn.put(STALE.encode(), b"0", db=dbs.meta)
+    txn.put(IN_BLOCKS.encode(), str(distinct).encode(), db=dbs.meta)
+    txn.delete(COMPACT_AT.encode(), db=dbs.meta)
+    return n
+
+
+def blob_names(txn, dbs) -> set[bytes]:
+    out: set[bytes] = set()
+    for v in txn.cursor(db=dbs.name_blobs).iternext(keys=False):
+        out.update(bytes(v).split(b"\0"))
+    out.discard(b"")
+    return out
+
+
+def verify(txn, dbs, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Check the index against the nodes: every node has its entry, every entry its node,
+    every distinct name is in a block. Returns the problems (empty = ok)."""
+    problems: list[dict] = []
+    names = dbs.names
+    cur = txn.cursor(db=names)
+    n = 0
+    for k in txn.cursor(db=dbs.nodes).iternext(values=False):
+        k = bytes(k)
+        n += 1
+        if progress and n % 500_000 == 0:
+            progress(n)
+        if k == keys.ROOT:
+            continue
+        prefix, name = split_key(k)
+        d = dir_id(txn, dbs, prefix)
+        f = fold(name)
+        if d is None or not cur.set_key_dup(f, entry(d, name, f)):
+            problems.append({"path": _shown(txn, dbs, k), "problem": "node missing from the name index"})
+    in_blobs = blob_names(txn, dbs)
+    for f, v in txn.cursor(db=names).iternext():
+        f, v = bytes(f), bytes(v)
+        prefix = txn.get(v[:ID_SIZE], db=dbs.name_dirs)
+        k = None if prefix is None else node_key_of(prefix, v, f)
+        if k is None or txn.get(k, db=dbs.nodes) is None or fold(split_key(k)[1]) != f:
+            problems.append({"path": _shown(txn, dbs, k) if k else "?", "name": keys.display(f),
+                             "problem": "name index entry without its node"})
+        elif f not in in_blobs:
+            problems.append({"path": _shown(txn, dbs, k), "name": keys.display(f),
+                             "problem": "name missing from the name blocks"})
+            in_blobs.add(f)
+    for k, filt in txn.cursor(db=dbs.name_filters).iternext():
+        block = txn.get(k, db=dbs.name_blobs)
+        if block is None or trigram_filter(block) != filt:
+            problems.append({"path": f"name block {BLOCK_NO.unpack(k)[0]}",
+                             "problem": "trigram filter does not match its name block"})
+    return problems
+
+
+def _shown(txn, dbs, k: bytes) -> str:
+    v = txn.get(k, db=dbs.nodes)
+    return keys.display(keys.path_of(k, bytes(v[NODE.size :]) if v is not None else b""))
