@@ -26,9 +26,9 @@ Four tables (layout and the measurements behind it in ``fustor/store/README.md``
 
 The writer calls :func:`add` when it creates a node, :func:`remove` / :func:`remove_subtree`
 before it deletes nodes, and :func:`flush` at the end of each job, all in the job's
-write transaction. One put per created node (``overwrite=False`` tells a new distinct
-name for free; a directory's id is looked up once per job); the block append is one
-put per job.
+write transaction. A job's new entries are written at its end, sorted, one put per
+created node (``overwrite=False`` tells a new distinct name for free; a directory's id
+is looked up once per job); the block append is one put per job.
 """
 
 from __future__ import annotations
@@ -66,12 +66,13 @@ def fold(name: bytes) -> bytes:
 
 
 class Pending:
-    """What one job changes in the index beyond the ``names`` puts (flushed at its end),
-    and the directory ids it has looked up."""
+    """What one job changes in the index, applied at its end (:func:`flush`): the node keys
+    it created (in order), new distinct names, names that went, directory ids looked up."""
 
-    __slots__ = ("new_names", "stale", "ids")
+    __slots__ = ("adds", "new_names", "stale", "ids")
 
     def __init__(self) -> None:
+        self.adds: dict[bytes, None] = {}
         self.new_names: list[bytes] = []
         self.stale = 0
         self.ids: dict[bytes, bytes] = {}
@@ -113,28 +114,41 @@ def node_key_of(prefix: bytes, value: bytes, f: bytes) -> bytes:
 
 
 def add(w, key: bytes) -> None:
-    """Index the node with node key ``key`` (just created). Once per created node, so
-    written for speed: no helper calls on the common path."""
-    if key == keys.ROOT:
-        return
-    i = key.index(b"\0") + 1
-    prefix, name = key[:i], key[i:]
-    p = w.index_pending
-    d = p.ids.get(prefix)
-    if d is None:
-        d = p.ids[prefix] = dir_id(w.txn, w.dbs, prefix, create=True)
-    f = name.lower() if name.isascii() else fold(name)
-    v = d if f == name else d + name
-    txn, names = w.txn, w.dbs.names
-    if txn.put(f, v, overwrite=False, db=names):
-        p.new_names.append(f)  # first node with this name
-    else:
-        txn.put(f, v, db=names)
+    """Index the node with node key ``key`` (just created), at the end of the job."""
+    if key != keys.ROOT:
+        w.index_pending.adds[key] = None
+
+
+def _put_entries(w, p: Pending) -> None:
+    """The ``names`` entries of the job's new nodes, in name order (neighbouring puts
+    share the pages they descend through). One put per node: ``overwrite=False`` fails
+    only when the name exists, which tells a new distinct name for free."""
+    txn, dbs = w.txn, w.dbs
+    names, ids, new = dbs.names, p.ids, p.new_names
+    out = []
+    for key in p.adds:
+        i = key.index(b"\0") + 1
+        prefix, name = key[:i], key[i:]
+        d = ids.get(prefix)
+        if d is None:
+            d = ids[prefix] = dir_id(txn, dbs, prefix, create=True)
+        f = name.lower() if name.isascii() else fold(name)
+        out.append((f, d if f == name else d + name))
+    p.adds = {}
+    out.sort()
+    put = txn.put
+    for f, v in out:
+        if put(f, v, overwrite=False, db=names):
+            new.append(f)  # first node with this name
+        else:
+            put(f, v, db=names)
 
 
 def remove(w, key: bytes) -> None:
     """Drop the index entry of the node with node key ``key`` (about to be deleted)."""
     if key == keys.ROOT:
+        return
+    if w.index_pending.adds.pop(key, 0) is None:  # created by this job: not written yet
         return
     prefix, name = split_key(key)
     d = w.index_pending.ids.get(prefix) or dir_id(w.txn, w.dbs, prefix)
@@ -168,6 +182,8 @@ def flush(w) -> None:
     """Append the job's new distinct names to the blocks; count the names that went; and
     while the blocks hold many stale names, rewrite one full block without them."""
     p = w.index_pending
+    if p.adds:
+        _put_entries(w, p)
     stale = p.stale
     if p.new_names:
         append_names(w.txn, w.dbs, p.new_names)
