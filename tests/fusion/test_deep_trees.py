@@ -68,7 +68,7 @@ async def test_a_2000_deep_tree_is_served_audited_and_deleted(tmp_path):
         r = await c.get(f"{api}/tree", params={"path": DIRS[-1]}, headers=q)
         assert r.status_code == 200 and [k["path"] for k in r.json()["children"]] == [BOTTOM]
         r = await c.get(f"{api}/search", params={"pattern": "bottom.txt"}, headers=q)
-        assert [n["path"] for n in r.json()] == [BOTTOM]
+        assert [n["path"] for n in r.json()["results"]] == [BOTTOM]
 
         # an audit that saw the tree only down to level 1,000: the 1,000 levels below go
         await push(c, INGEST, sid, [row(p, is_dir=True) for p in ["/", *DIRS[:1000]]], "audit")
