@@ -109,37 +109,32 @@ def pack_agg(path: bytes, a) -> bytes:
     return head + path if keys.needs_path_tail(path) else head
 
 
-def entry_hash(path: bytes, is_dir: bool, size: int) -> tuple[int, int]:
-    """``(a, c)``: the two 128-bit halves of BLAKE2b-256(path, NUL, type, size). A
-    directory's size is left out (it differs between file systems for the same content,
-    as in ``total_size``)."""
-    h = _H0.copy()
+def entry_hash(path: bytes, is_dir: bool, size: int) -> int:
+    """``a``: BLAKE2b-128 of (path, NUL, type, size) as an integer. A directory's size is
+    left out (it differs between file systems for the same content, as in ``total_size``)."""
+    h = DIGEST_SEED.copy()
     h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
-    x = _int(h.digest(), "little")
-    return x & _LOW, x >> 128
+    return _int(h.digest(), "little")
 
 
 def mtime_number(mtime: float) -> int:
-    """The 64 bits of the float as an integer: distinct mtimes give distinct numbers."""
-    return _int(_bits(mtime), "little")
+    """1 + the 64 bits of the float as an integer: distinct mtimes give distinct numbers,
+    none of them 0 mod DIGEST_MOD."""
+    return _int(_bits(mtime), "little") + 1
 
 
 def entry_digests(path: bytes, is_dir: bool, size: int, mtime: float) -> tuple[int, int]:
     """What one entry adds to its ancestors' digests (both taken mod ``DIGEST_MOD``):
-    ``a + c * mtime_number(mtime)`` and, without the mtime, ``a``."""
-    h = _H0.copy()  # entry_hash, inlined: this runs for every row written
+    ``a * mtime_number(mtime)`` and, without the mtime, ``a`` (``a = entry_hash(...)``)."""
+    h = DIGEST_SEED.copy()  # entry_hash, inlined: this runs for every row written
     h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
-    x = _int(h.digest(), "little")
-    a = x & _LOW
-    return a + (x >> 128) * _int(_bits(mtime), "little"), a
+    a = _int(h.digest(), "little")
+    return a * (_int(_bits(mtime), "little") + 1), a
 
 
-# a fresh BLAKE2b-256 state: copying it is cheaper than making a new one
-DIGEST_SEED = hashlib.blake2b(digest_size=32)
-LOW_128 = (1 << 128) - 1
+# a fresh BLAKE2b-128 state: copying it is cheaper than making a new one
+DIGEST_SEED = hashlib.blake2b(digest_size=16)
 DOUBLE = struct.Struct("<d")
-_H0 = DIGEST_SEED
-_LOW = LOW_128
 _int = int.from_bytes
 _entry = ENTRY.pack
 _bits = DOUBLE.pack

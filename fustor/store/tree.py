@@ -41,7 +41,6 @@ from fustor.store.records import (
     DOUBLE,
     ENTRY,
     IS_DIR,
-    LOW_128,
     NODE,
     Aggregate,
     Node,
@@ -349,13 +348,13 @@ class TreeWriter(TreeReader, StateWrites):
             if path not in self._dirs:
                 self._know_dir(path, key)
             if modified_time != old_m:
-                c = entry_hash(path, True, 0)[1]
+                a = entry_hash(path, True, 0)
                 self._acc(path, 0, 0, 0, modified_time, old_m if modified_time < old_m else None,
-                          c * (mtime_number(modified_time) - mtime_number(old_m)), 0)
+                          a * (mtime_number(modified_time) - mtime_number(old_m)), 0)
         elif size != old_size or modified_time != old_m:
             if size == old_size:  # only the mtime moved: one hash, the same for both
-                a, c = entry_hash(path, False, size)
-                dig, dnm = c * (mtime_number(modified_time) - mtime_number(old_m)), 0
+                a = entry_hash(path, False, size)
+                dig, dnm = a * (mtime_number(modified_time) - mtime_number(old_m)), 0
             else:
                 new = entry_digests(path, False, size, modified_time)
                 was = entry_digests(path, False, old_size, old_m)
@@ -381,9 +380,8 @@ class TreeWriter(TreeReader, StateWrites):
         # entry_digests, inlined: this runs for every new node
         h = DIGEST_SEED.copy()
         h.update(node.path + b"\0" + _entry(node.is_dir, 0 if node.is_dir else node.size))
-        x = _int(h.digest(), "little")
-        dnm = x & LOW_128
-        dig = dnm + (x >> 128) * _int(_bits(m), "little")
+        dnm = _int(h.digest(), "little")
+        dig = dnm * (_int(_bits(m), "little") + 1)
         if node.is_dir:
             self.txn.put(key, pack_agg(node.path, (0, 1, 0, m, dig, dnm, self.now, 0)),
                          db=self.dbs.aggregates)
