@@ -149,12 +149,20 @@ AGG_DIGEST_NOMTIME = slice(48, 64)
 
 
 def pack_node(n: Node) -> bytes:
-    head = NODE.pack(
-        n.flags(), n.size, n.modified_time, n.created_time, n.last_updated_at, n.audit_mark
+    head = _pack_node_head(
+        (IS_DIR if n.is_dir else 0) | (SUSPECT if n.integrity_suspect else 0)
+        | (KNOWN if n.known_by_agent else 0) | (AUDIT_SKIPPED if n.audit_skipped else 0),
+        n.size, n.modified_time, n.created_time, n.last_updated_at, n.audit_mark,
     )
-    if keys.needs_path_tail(n.path):
-        return head + n.path
+    p = n.path
+    # keys.needs_path_tail, inlined (every row written): only a path this long can need it
+    if len(p) > _TAIL_MIN and p.rfind(b"/") > keys.PARENT_LIMIT:
+        return head + p
     return head
+
+
+_pack_node_head = NODE.pack
+_TAIL_MIN = keys.PARENT_LIMIT + 1
 
 
 def unpack_node(key: bytes, value: bytes) -> Node:
