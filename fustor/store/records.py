@@ -23,7 +23,7 @@ AGG = struct.Struct("<qqqd16s16sdq")
 DIGEST_BYTES = 16
 DIGEST_MOD = (1 << 127) - 1  # a (Mersenne) prime: see entry_digests and the store README
 # what one entry's hash covers: path, NUL, type, size (the mtime enters by multiplication)
-ENTRY = struct.Struct("<?q")
+ENTRY = struct.Struct("<x?q")  # NUL (ends the path), is_dir, size
 # two floats: tombstone (logical_ts, wall_ts), suspect (expires_at wall, recorded_mtime)
 PAIR = struct.Struct("<dd")
 EXPIRY = struct.Struct(">d")  # big-endian so byte order sorts like the (non-negative) number
@@ -113,7 +113,7 @@ def entry_hash(path: bytes, is_dir: bool, size: int) -> int:
     """``a``: BLAKE2b-128 of (path, NUL, type, size) as an integer. A directory's size is
     left out (it differs between file systems for the same content, as in ``total_size``)."""
     h = DIGEST_SEED.copy()
-    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
+    h.update(path + _entry(is_dir, 0 if is_dir else size))
     return _int(h.digest(), "little")
 
 
@@ -127,7 +127,7 @@ def entry_digests(path: bytes, is_dir: bool, size: int, mtime: float) -> tuple[i
     """What one entry adds to its ancestors' digests (both taken mod ``DIGEST_MOD``):
     ``a * mtime_number(mtime)`` and, without the mtime, ``a`` (``a = entry_hash(...)``)."""
     h = DIGEST_SEED.copy()  # entry_hash, inlined: this runs for every row written
-    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
+    h.update(path + _entry(is_dir, 0 if is_dir else size))
     a = _int(h.digest(), "little")
     return a * (_int(_bits(mtime), "little") + 1), a
 

@@ -61,6 +61,7 @@ NEG = float("-inf")
 _int = int.from_bytes
 _entry = ENTRY.pack
 _bits = DOUBLE.pack
+_seed_copy = DIGEST_SEED.copy
 # a directory with this many direct children keeps an index of their mtimes (so the
 # newest is found in O(log n)); it loses the index again below SMALL_DIR
 BIG_DIR = 512
@@ -379,33 +380,35 @@ class TreeWriter(TreeReader, StateWrites):
 
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
         self.txn.put(key, pack_node(node), db=self.dbs.nodes)
-        m = node.modified_time
+        path, is_dir, size, m = node.path, node.is_dir, node.size, node.modified_time
         # entry_digests, inlined: this runs for every new node
-        h = DIGEST_SEED.copy()
-        h.update(node.path + b"\0" + _entry(node.is_dir, 0 if node.is_dir else node.size))
+        h = _seed_copy()
+        h.update(path + _entry(is_dir, 0 if is_dir else size))
         dnm = _int(h.digest(), "little")
         dig = dnm * (_int(_bits(m), "little") + 1)
-        if node.is_dir:
-            self.txn.put(key, pack_agg(node.path, (0, 1, 0, m, dig, dnm, self.now, 0)),
-                         db=self.dbs.aggregates)
-            self._dirs[node.path] = False
-            self._note(node.path)
-            if node.path != keys.ROOT:
-                self._acc(parent, 0, 1, 0, m, None, dig, dnm, 1)
-        else:
+        if not is_dir:
             e = self._pend.get(parent)
             if e is None:
-                self._acc(parent, 1, 0, node.size, m, None, dig, dnm, 1)
+                self._acc(parent, 1, 0, size, m, None, dig, dnm, 1)
             else:  # the common case of a crawl: _acc inlined
                 e[0] += 1
-                e[2] += node.size
+                e[2] += size
                 if m > e[3]:
                     e[3] = m
                 e[5] += dig
                 e[6] += dnm
                 e[7] += 1
-        if node.path != keys.ROOT and self._dirs[parent]:
-            self._index_put(parent, node.path, m)
+            if self._dirs[parent]:
+                self._index_put(parent, path, m)
+        else:
+            self.txn.put(key, pack_agg(path, (0, 1, 0, m, dig, dnm, self.now, 0)),
+                         db=self.dbs.aggregates)
+            self._dirs[path] = False
+            self._note(path)
+            if path != keys.ROOT:
+                self._acc(parent, 0, 1, 0, m, None, dig, dnm, 1)
+                if self._dirs[parent]:
+                    self._index_put(parent, path, m)
         # (node created: hooks of other derived tables go here)
 
     def _ensure_dir(self, d: bytes) -> None:
