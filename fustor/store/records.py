@@ -23,7 +23,7 @@ AGG = struct.Struct("<qqqd16s16sdq")
 DIGEST_BYTES = 16
 DIGEST_MOD = (1 << 127) - 1  # a (Mersenne) prime: see entry_digests and the store README
 # what one entry's hash covers: path, NUL, type, size (the mtime enters by multiplication)
-ENTRY = struct.Struct("<?q")
+ENTRY = struct.Struct("<x?q")  # NUL (ends the path), is_dir, size
 # two floats: tombstone (logical_ts, wall_ts), suspect (expires_at wall, recorded_mtime)
 PAIR = struct.Struct("<dd")
 EXPIRY = struct.Struct(">d")  # big-endian so byte order sorts like the (non-negative) number
@@ -109,37 +109,32 @@ def pack_agg(path: bytes, a) -> bytes:
     return head + path if keys.needs_path_tail(path) else head
 
 
-def entry_hash(path: bytes, is_dir: bool, size: int) -> tuple[int, int]:
-    """``(a, c)``: the two 128-bit halves of BLAKE2b-256(path, NUL, type, size). A
-    directory's size is left out (it differs between file systems for the same content,
-    as in ``total_size``)."""
-    h = _H0.copy()
-    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
-    x = _int(h.digest(), "little")
-    return x & _LOW, x >> 128
+def entry_hash(path: bytes, is_dir: bool, size: int) -> int:
+    """``a``: BLAKE2b-128 of (path, NUL, type, size) as an integer. A directory's size is
+    left out (it differs between file systems for the same content, as in ``total_size``)."""
+    h = DIGEST_SEED.copy()
+    h.update(path + _entry(is_dir, 0 if is_dir else size))
+    return _int(h.digest(), "little")
 
 
 def mtime_number(mtime: float) -> int:
-    """The 64 bits of the float as an integer: distinct mtimes give distinct numbers."""
-    return _int(_bits(mtime), "little")
+    """1 + the 64 bits of the float as an integer: distinct mtimes give distinct numbers,
+    none of them 0 mod DIGEST_MOD."""
+    return _int(_bits(mtime), "little") + 1
 
 
 def entry_digests(path: bytes, is_dir: bool, size: int, mtime: float) -> tuple[int, int]:
     """What one entry adds to its ancestors' digests (both taken mod ``DIGEST_MOD``):
-    ``a + c * mtime_number(mtime)`` and, without the mtime, ``a``."""
-    h = _H0.copy()  # entry_hash, inlined: this runs for every row written
-    h.update(path + b"\0" + _entry(is_dir, 0 if is_dir else size))
-    x = _int(h.digest(), "little")
-    a = x & _LOW
-    return a + (x >> 128) * _int(_bits(mtime), "little"), a
+    ``a * mtime_number(mtime)`` and, without the mtime, ``a`` (``a = entry_hash(...)``)."""
+    h = DIGEST_SEED.copy()  # entry_hash, inlined: this runs for every row written
+    h.update(path + _entry(is_dir, 0 if is_dir else size))
+    a = _int(h.digest(), "little")
+    return a * (_int(_bits(mtime), "little") + 1), a
 
 
-# a fresh BLAKE2b-256 state: copying it is cheaper than making a new one
-DIGEST_SEED = hashlib.blake2b(digest_size=32)
-LOW_128 = (1 << 128) - 1
+# a fresh BLAKE2b-128 state: copying it is cheaper than making a new one
+DIGEST_SEED = hashlib.blake2b(digest_size=16)
 DOUBLE = struct.Struct("<d")
-_H0 = DIGEST_SEED
-_LOW = LOW_128
 _int = int.from_bytes
 _entry = ENTRY.pack
 _bits = DOUBLE.pack
@@ -154,12 +149,20 @@ AGG_DIGEST_NOMTIME = slice(48, 64)
 
 
 def pack_node(n: Node) -> bytes:
-    head = NODE.pack(
-        n.flags(), n.size, n.modified_time, n.created_time, n.last_updated_at, n.audit_mark
+    head = _pack_node_head(
+        (IS_DIR if n.is_dir else 0) | (SUSPECT if n.integrity_suspect else 0)
+        | (KNOWN if n.known_by_agent else 0) | (AUDIT_SKIPPED if n.audit_skipped else 0),
+        n.size, n.modified_time, n.created_time, n.last_updated_at, n.audit_mark,
     )
-    if keys.needs_path_tail(n.path):
-        return head + n.path
+    p = n.path
+    # keys.needs_path_tail, inlined (every row written): only a path this long can need it
+    if len(p) > _TAIL_MIN and p.rfind(b"/") > keys.PARENT_LIMIT:
+        return head + p
     return head
+
+
+_pack_node_head = NODE.pack
+_TAIL_MIN = keys.PARENT_LIMIT + 1
 
 
 def unpack_node(key: bytes, value: bytes) -> Node:

@@ -39,7 +39,6 @@ from fustor.store.records import (
     DOUBLE,
     ENTRY,
     IS_DIR,
-    LOW_128,
     NODE,
     Aggregate,
     Node,
@@ -61,6 +60,7 @@ NEG = float("-inf")
 _int = int.from_bytes
 _entry = ENTRY.pack
 _bits = DOUBLE.pack
+_seed_copy = DIGEST_SEED.copy
 # a directory with this many direct children keeps an index of their mtimes (so the
 # newest is found in O(log n)); it loses the index again below SMALL_DIR
 BIG_DIR = 512
@@ -292,7 +292,14 @@ class TreeWriter(TreeReader, StateWrites):
         directories, and a node of the other type at ``path`` is removed first.
         Flags left ``None`` keep their stored value (``False``/0 for a new node)."""
         nodes = self.dbs.nodes
-        key = keys.node_key(path)
+        # keys.node_key and keys.parent_of from one rfind (this runs for every row)
+        i = path.rfind(b"/")
+        if i <= 0:
+            key = keys.ROOT if path == keys.ROOT else b"/\0" + path[1:]
+            parent = keys.ROOT
+        else:
+            parent = path[:i]
+            key = parent + b"\0" + path[i + 1 :] if i <= keys.PARENT_LIMIT else keys.node_key(path)
         raw = self.txn.get(key, db=nodes)
         old = None
         if raw is not None:
@@ -304,12 +311,8 @@ class TreeWriter(TreeReader, StateWrites):
                 old = None
         elif path == keys.ROOT and not is_dir:
             raise PathError("the root of a view is a directory")
-        if path != keys.ROOT:
-            parent = keys.parent_of(path)
-            if parent not in self._dirs:
-                self._ensure_dir(parent)
-        else:
-            parent = keys.ROOT
+        if path != keys.ROOT and parent not in self._dirs:
+            self._ensure_dir(parent)
         if old is None:
             node = Node(
                 path, is_dir, size, modified_time, created_time,
@@ -338,13 +341,13 @@ class TreeWriter(TreeReader, StateWrites):
             if path not in self._dirs:
                 self._know_dir(path, key)
             if modified_time != old_m:
-                c = entry_hash(path, True, 0)[1]
+                a = entry_hash(path, True, 0)
                 self._acc(path, 0, 0, 0, modified_time, old_m if modified_time < old_m else None,
-                          c * (mtime_number(modified_time) - mtime_number(old_m)), 0)
+                          a * (mtime_number(modified_time) - mtime_number(old_m)), 0)
         elif size != old_size or modified_time != old_m:
             if size == old_size:  # only the mtime moved: one hash, the same for both
-                a, c = entry_hash(path, False, size)
-                dig, dnm = c * (mtime_number(modified_time) - mtime_number(old_m)), 0
+                a = entry_hash(path, False, size)
+                dig, dnm = a * (mtime_number(modified_time) - mtime_number(old_m)), 0
             else:
                 new = entry_digests(path, False, size, modified_time)
                 was = entry_digests(path, False, old_size, old_m)
@@ -367,34 +370,35 @@ class TreeWriter(TreeReader, StateWrites):
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
         self.txn.put(key, pack_node(node), db=self.dbs.nodes)
         index.add(self, key)
-        m = node.modified_time
+        path, is_dir, size, m = node.path, node.is_dir, node.size, node.modified_time
         # entry_digests, inlined: this runs for every new node
-        h = DIGEST_SEED.copy()
-        h.update(node.path + b"\0" + _entry(node.is_dir, 0 if node.is_dir else node.size))
-        x = _int(h.digest(), "little")
-        dnm = x & LOW_128
-        dig = dnm + (x >> 128) * _int(_bits(m), "little")
-        if node.is_dir:
-            self.txn.put(key, pack_agg(node.path, (0, 1, 0, m, dig, dnm, self.now, 0)),
-                         db=self.dbs.aggregates)
-            self._dirs[node.path] = False
-            self._note(node.path)
-            if node.path != keys.ROOT:
-                self._acc(parent, 0, 1, 0, m, None, dig, dnm, 1)
-        else:
+        h = _seed_copy()
+        h.update(path + _entry(is_dir, 0 if is_dir else size))
+        dnm = _int(h.digest(), "little")
+        dig = dnm * (_int(_bits(m), "little") + 1)
+        if not is_dir:
             e = self._pend.get(parent)
             if e is None:
-                self._acc(parent, 1, 0, node.size, m, None, dig, dnm, 1)
+                self._acc(parent, 1, 0, size, m, None, dig, dnm, 1)
             else:  # the common case of a crawl: _acc inlined
                 e[0] += 1
-                e[2] += node.size
+                e[2] += size
                 if m > e[3]:
                     e[3] = m
                 e[5] += dig
                 e[6] += dnm
                 e[7] += 1
-        if node.path != keys.ROOT and self._dirs[parent]:
-            self._index_put(parent, node.path, m)
+            if self._dirs[parent]:
+                self._index_put(parent, path, m)
+        else:
+            self.txn.put(key, pack_agg(path, (0, 1, 0, m, dig, dnm, self.now, 0)),
+                         db=self.dbs.aggregates)
+            self._dirs[path] = False
+            self._note(path)
+            if path != keys.ROOT:
+                self._acc(parent, 0, 1, 0, m, None, dig, dnm, 1)
+                if self._dirs[parent]:
+                    self._index_put(parent, path, m)
         # (node created: hooks of other derived tables go here)
 
     def _ensure_dir(self, d: bytes) -> None:
