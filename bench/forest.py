@@ -4,8 +4,10 @@
 
 Member stores are built with the store API (as fusion would have written them),
 then a real `fustor fusion serve` answers: stats of one path across all members,
-the best member's depth-1 tree, and compare of two members that differ in 1 % of
-one subtree. Prints figures; asserts nothing. Traffic goes to 127.0.0.1 only.
+the best member's depth-1 tree, compare of two members that differ in 1 % of
+one subtree (and of all members against the reference), compare of two identical
+members at the root (answered from the subtree digests), and locate of a rare name
+across every member. Prints figures; asserts nothing. Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -103,10 +105,28 @@ pipes:
             found = q.get(cmp_url).json()
             out["compare_differences"] = len(found["differences"])
             out["compare_p99_ms"] = p99(timed(q, [cmp_url] * min(n, 200)))
+            all_url = f"/api/v1/views/forest/compare?path=/{sub}&limit=100"
+            summary = q.get(all_url).json()["summary"]
+            out["compare_all_missing_files"] = sum(v["missing_files"] for v in summary.values())
+            out["compare_all_members_p99_ms"] = p99(timed(q, [all_url] * min(n, 50)))
+            same_url = "/api/v1/views/forest/compare?members=p0,p2&path=/"
+            assert q.get(same_url).json()["differences"] == []
+            same = sorted(timed(q, [same_url] * min(n, 200)))
+            out["compare_identical_ms"] = round(same[len(same) // 2] * 1000, 3)
+            out["compare_identical_p99_ms"] = p99(same)
+            names = [c[1].rsplit("/", 1)[1] for c in rng.sample(files, min(n, 200))]
+            hit = q.get("/api/v1/views/forest/locate", params={"pattern": names[0]}).json()
+            out["locate_members_holding"] = len(hit["results"][0]["members"]) if hit["results"] else 0
+            out["locate_p99_ms"] = p99(timed(q, [f"/api/v1/views/forest/locate?pattern={x}&limit=100"
+                                                 for x in names]))
             out["rss_mb"], out["rss_anon_mb"] = rss(proc.pid)
         say(f"stats of one path across {args.members} members p99 {out['stats_all_p99_ms']} ms; "
             f"best member's depth-1 tree p99 {out['tree_best_depth1_p99_ms']} ms; compare p0/p1 under "
-            f"/{sub} p99 {out['compare_p99_ms']} ms ({out['compare_differences']} differences); "
+            f"/{sub} p99 {out['compare_p99_ms']} ms ({out['compare_differences']} differences); all "
+            f"members against the reference p99 {out['compare_all_members_p99_ms']} ms; identical "
+            f"members at / median {out['compare_identical_ms']} ms (p99 "
+            f"{out['compare_identical_p99_ms']}); locate of a rare name in {args.members} members "
+            f"p99 {out['locate_p99_ms']} ms; "
             f"RSS {out['rss_mb']} MiB (anon {out['rss_anon_mb']})")
     finally:
         if proc is not None and proc.poll() is None:
