@@ -48,7 +48,7 @@ def tally(ref: TreeReader, other: TreeReader, top: bytes, mtime: bool = True) ->
                 continue
             if mtime and bytes(a[_MTIME]) != bytes(b[_MTIME]):
                 c["different_dirs"] += 1
-            _push_children(ref, other, keys.path_of(key, bytes(a[NODE.size :])), stack)
+            _push_children(ref, other, keys.path_of(key, bytes(a[NODE.size :])), stack, sig.stop)
             continue
         for rec, r, side in ((a, ref, "missing"), (b, other, "extra")):
             if rec is None:
@@ -63,20 +63,21 @@ def tally(ref: TreeReader, other: TreeReader, top: bytes, mtime: bool = True) ->
     return c
 
 
-def _push_children(ref: TreeReader, other: TreeReader, path: bytes, stack: list) -> None:
-    """Push the pairs of same-named children of ``path`` (None where one side lacks it)."""
-    xs, ys = ref.iter_children_raw(path), other.iter_children_raw(path)
-    x, y = next(xs, None), next(ys, None)
-    while x is not None or y is not None:
-        if y is None or (x is not None and x[0] < y[0]):
-            stack.append((bytes(x[0]), x[1], None))
-            x = next(xs, None)
-        elif x is None or y[0] < x[0]:
-            stack.append((bytes(y[0]), None, y[1]))
-            y = next(ys, None)
-        else:
-            stack.append((bytes(x[0]), x[1], y[1]))
-            x, y = next(xs, None), next(ys, None)
+def _push_children(ref: TreeReader, other: TreeReader, path: bytes, stack: list, end: int) -> None:
+    """Push the pairs of same-named children of ``path`` (None where one side lacks it);
+    when both list the same names, only directories and pairs whose first ``end`` record
+    bytes (flags, size, mtime) differ."""
+    xl, yl = ref.children_raw(path), other.children_raw(path)
+    if len(xl) == len(yl) and [k for k, _ in xl] == [k for k, _ in yl]:
+        stack.extend((bytes(x[0]), x[1], y[1]) for x, y in zip(xl, yl, strict=True)
+                     if x[1][0] & IS_DIR or x[1][:end] != y[1][:end])
+        return
+    xm, ym = dict(xl), dict(yl)
+    common = xm.keys() & ym.keys()
+    stack.extend((bytes(k), xm[k], None) for k in xm.keys() - common)
+    stack.extend((bytes(k), None, ym[k]) for k in ym.keys() - common)
+    stack.extend((bytes(k), xm[k], ym[k]) for k in common
+                 if xm[k][0] & IS_DIR or xm[k][:end] != ym[k][:end])
 
 
 def same_subtree(readers: list[TreeReader], top: bytes, mtime: bool = True) -> bool:
@@ -103,30 +104,40 @@ def differing_children(readers: dict[str, TreeReader], d: bytes,
     Children are grouped by key and compared as raw records (size and mtime bytes of
     files, digests of directories); only the differing ones are decoded."""
     names = list(readers)
-    lists = [list(readers[n].iter_children_raw(d)) for n in names]
+    lists = [readers[n].children_raw(d) for n in names]
     file_sig = NODE_SIZE_AND_MTIME if mtime else NODE_SIZE
     agg_sig = AGG_DIGEST if mtime else AGG_DIGEST_NOMTIME
     total = len(readers)
     kids: dict | None = None
-    if all(len(x) == len(lists[0]) for x in lists) and all(
-        x[-1][0] == lists[0][-1][0] and x[0][0] == lists[0][0][0] for x in lists if x
-    ):
-        # the usual case: every member lists the same names; compare record bytes in
-        # step and decode nothing for the (many) equal entries
-        kids = {}
-        for row in zip(*lists, strict=True):
-            k0, v0 = row[0]
-            if any(k != k0 for k, _ in row[1:]):
-                kids = None
-                break
-            if v0[0] & IS_DIR or any(v[file_sig] != v0[file_sig] or v[0] != v0[0]
-                                     for _, v in row[1:]):
-                kids[k0] = {n: v for n, (_, v) in zip(names, row, strict=True)}
+    first = lists[0]
+    ks = [k for k, _ in first]
+    if all(len(x) == len(first) for x in lists) and all([k for k, _ in x] == ks for x in lists[1:]):
+        # the usual case: every member lists the same names. Compare each child's flags,
+        # size (and mtime) bytes across members in list comprehensions, and keep only the
+        # directories and the rows that differ: nothing is decoded for equal files
+        end = file_sig.stop
+        sigs = [[v[:end] for _, v in x] for x in lists]
+        pick = [i for i, t in enumerate(zip(*sigs, strict=True)) if t[0][0] & IS_DIR or t.count(t[0]) != total]
+        kids = {ks[i]: {n: x[i][1] for n, x in zip(names, lists, strict=True)} for i in pick}
     if kids is None:
+        # names differ: every child some member lacks, and of the others only the
+        # directories and those whose flags, size (or mtime) bytes differ
+        end = file_sig.stop
+        maps = [dict(x) for x in lists]
+        common = set(maps[0]).intersection(*maps[1:])
         kids = {}
-        for n, lst in zip(names, lists, strict=True):
-            for k, v in lst:
-                kids.setdefault(k, {})[n] = v
+        for m, n in zip(maps, names, strict=True):
+            for k in m.keys() - common:
+                kids.setdefault(k, {})[n] = m[k]
+        m0 = maps[0]
+        if total == 2:
+            m1 = maps[1]
+            pick = [k for k in common if m0[k][0] & IS_DIR or m0[k][:end] != m1[k][:end]]
+        else:
+            pick = [k for k in common
+                    if m0[k][0] & IS_DIR or any(m[k][:end] != m0[k][:end] for m in maps[1:])]
+        for k in pick:
+            kids[k] = {n: m[k] for n, m in zip(names, maps, strict=True)}
     for key in sorted(kids):
         have = kids[key]
         flags = {v[0] & IS_DIR for v in have.values()}

@@ -27,8 +27,10 @@ the nodes is a builder in ``fustor/store/derive.py``.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterator
+from itertools import islice
 from typing import NamedTuple
 
 from fustor.errors import PathError
@@ -57,6 +59,8 @@ from fustor.store.search import Found, Query, Searcher
 from fustor.store.state import StateReads, StateWrites
 
 NEG = float("-inf")
+_COUNT = struct.Struct("<q")
+CHILD_COUNT_AT = AGG.size - _COUNT.size  # child_count is the aggregate's last field
 _int = int.from_bytes
 _entry = ENTRY.pack
 _bits = DOUBLE.pack
@@ -142,6 +146,26 @@ class TreeReader(StateReads):
     def iter_children_raw(self, path: bytes) -> Iterator[tuple[bytes, bytes]]:
         """``(key, record)`` of the direct children, undecoded (for fast comparisons)."""
         return self._range(keys.dir_prefix(path))
+
+    def children_raw(self, path: bytes) -> list[tuple[bytes, bytes]]:
+        """The direct children of directory ``path`` as ``(key, record)``, read at C speed:
+        its aggregate's ``child_count`` says how many records follow its prefix, so no
+        Python code runs per child. Only for read transactions (a write job applies its
+        counts at its flush); [] for a file or a missing path."""
+        agg = self.txn.get(keys.node_key(path), db=self.dbs.aggregates)
+        if agg is None:
+            return []
+        n = _COUNT.unpack_from(agg, CHILD_COUNT_AT)[0]
+        if n <= 0:
+            return []
+        prefix = keys.dir_prefix(path)
+        cur = self.txn.cursor(db=self.dbs.nodes)
+        if not cur.set_range(prefix):
+            return []
+        out = list(islice(cur.iternext(), n))
+        if len(out) != n or not out[-1][0].startswith(prefix):  # a count out of step
+            return list(self._range(prefix))
+        return out
 
     def aggregate_raw(self, key: bytes) -> bytes | None:
         """The undecoded aggregate record of the directory with node key ``key``."""
