@@ -203,7 +203,7 @@ def compare(target, members, no_mtime, server, key_file, ca_file, as_json) -> No
 
 
 @click.command()
-@click.argument("target", metavar="VIEW:PATH")
+@click.argument("target", metavar="VIEW[:PATH]")
 @click.argument("pattern")
 @click.option("--exact", "match", flag_value="exact", default=None,
               help="PATTERN is the whole name (case-insensitive), taken literally.")
@@ -216,11 +216,11 @@ def compare(target, members, no_mtime, server, key_file, ca_file, as_json) -> No
 @client_options
 @friendly
 def locate(target, pattern, match, kind, count, server, key_file, ca_file, as_json) -> None:
-    """Paths under VIEW:PATH whose name matches PATTERN (a glob such as '*.bam', or part
-    of a name; case-insensitive), from fusion's name index, in name order. On a forest
-    view each path is followed by the members holding it, the members that lack it and
-    `differ` when their sizes or mtimes differ."""
-    view, path = split_target(target)
+    """Paths under VIEW:PATH (a bare VIEW: the whole view) whose name matches PATTERN (a
+    glob such as '*.bam', or part of a name; case-insensitive), from fusion's name index,
+    in name order. On a forest view each path is followed by the members holding it, the
+    members that lack it and `differ` when their sizes or mtimes differ."""
+    view, path = split_target(target if ":" in target else target + ":/")
     out = _Out()
     with _client(server, key_file, ca_file) as c:
         found = c.locate(view, pattern, path, match=match, type=kind)

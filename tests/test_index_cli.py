@@ -261,5 +261,7 @@ def test_locate_answers_from_the_name_index_on_a_view_and_a_forest(site):
     assert b"/d2/s3/f3.dat\tfa\tmissing in fb" in where and len(where) == 12
     assert lines(fustor(base, "locate", "forest:/", "-c", "f3.dat", "--exact")) == [
         b"fa\t12", b"fb\t8"]
+    # `fustor locate VIEW PATTERN`: a bare view is the whole view
+    assert lines(fustor(base, "locate", "forest", "f3.dat", "--exact")) == where
     one = json.loads(lines(fustor(base, "locate", "forest:/d1/s1", "f3*", "--json"))[0])
     assert one["members"]["fb"]["size"] == 1 and one["agree"] is False
