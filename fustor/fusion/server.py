@@ -116,8 +116,12 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
         raise
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task] = []
+    stopping_at: list[float] = []
 
     def stop() -> None:
+        if not stopping_at and any(s.started for s in servers):
+            stopping_at.append(time.monotonic())
+            log.info("fusion stopping: finishing requests in flight, then closing the views")
         for s in servers:
             s.should_exit = True
 
@@ -194,5 +198,7 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
                 await side
         if pid_file is not None and pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink()
+        if stopping_at:
+            log.info("fusion stopped in %.1f s", time.monotonic() - stopping_at[0])
     if not main.started:
         raise OSError(f"could not listen on {host}:{port} (or a receiver port); is it in use?")
