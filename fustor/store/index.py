@@ -69,13 +69,15 @@ class Pending:
     """What one job changes in the index, applied at its end (:func:`flush`): the node keys
     it created (in order), new distinct names, names that went, directory ids looked up."""
 
-    __slots__ = ("adds", "new_names", "stale", "ids")
+    __slots__ = ("adds", "removes", "new_names", "stale", "ids", "cur")
 
     def __init__(self) -> None:
         self.adds: dict[bytes, None] = {}
+        self.removes: list[tuple[bytes, bytes]] = []  # (folded name, entry) to delete
         self.new_names: list[bytes] = []
         self.stale = 0
         self.ids: dict[bytes, bytes] = {}
+        self.cur = None  # a cursor on name_dirs, made by the job's first removal
 
 
 def split_key(key: bytes) -> tuple[bytes, bytes]:
@@ -84,19 +86,23 @@ def split_key(key: bytes) -> tuple[bytes, bytes]:
     return key[:i], key[i:]
 
 
-def dir_id(txn, dbs, prefix: bytes, create: bool = False) -> bytes | None:
+def dir_id(txn, dbs, prefix: bytes, create: bool = False, cur=None) -> bytes | None:
     """The id of the directory whose children's keys start with ``prefix`` (None if it has
-    none and ``create`` is false)."""
+    none and ``create`` is false). ``cur``: a cursor on ``name_dirs`` to reuse."""
     h = hashlib.blake2b(prefix, digest_size=ID_SIZE - 1).digest()
-    cur = txn.cursor(db=dbs.name_dirs)
+    if cur is None:
+        cur = txn.cursor(db=dbs.name_dirs)
     last = -1
     if cur.set_range(h):
-        for k, v in cur.iternext():
-            if not k.startswith(h):
+        while True:  # almost always one step: hashes of different prefixes rarely collide
+            k = cur.key()
+            if k[:-1] != h:
                 break
-            if v == prefix:
+            if cur.value() == prefix:
                 return k
             last = k[-1]
+            if not cur.next():
+                break
     if not create:
         return None
     k = h + bytes((last + 1,))
@@ -144,25 +150,57 @@ def _put_entries(w, p: Pending) -> None:
             put(f, v, db=names)
 
 
+def _known_id(w, p: Pending, prefix: bytes) -> bytes | None:
+    """``dir_id`` of ``prefix`` for a removal, remembered for the rest of the job."""
+    d = p.ids.get(prefix)
+    if d is None:
+        if p.cur is None:
+            p.cur = w.txn.cursor(db=w.dbs.name_dirs)
+        d = dir_id(w.txn, w.dbs, prefix, cur=p.cur)
+        if d is not None:
+            p.ids[prefix] = d
+    return d
+
+
 def remove(w, key: bytes) -> None:
     """Drop the index entry of the node with node key ``key`` (about to be deleted)."""
     if key == keys.ROOT:
         return
-    if w.index_pending.adds.pop(key, 0) is None:  # created by this job: not written yet
+    p = w.index_pending
+    if p.adds.pop(key, 0) is None:  # created by this job: not written yet
         return
-    prefix, name = split_key(key)
-    d = w.index_pending.ids.get(prefix) or dir_id(w.txn, w.dbs, prefix)
+    i = key.index(b"\0") + 1
+    prefix, name = key[:i], key[i:]
+    d = _known_id(w, p, prefix)
     if d is not None:
-        f = fold(name)
-        names = w.dbs.names
-        if w.txn.delete(f, entry(d, name, f), db=names) and w.txn.get(f, db=names) is None:
-            w.index_pending.stale += 1
+        f = name.lower() if name.isascii() else fold(name)
+        p.removes.append((f, d if f == name else d + name))
+
+
+def _drop_entries(w, p: Pending) -> None:
+    """Delete the ``names`` entries of the job's removed nodes, in name order (neighbouring
+    deletes share pages; a name many nodes had is checked for its last node once)."""
+    txn, names = w.txn, w.dbs.names
+    gone = p.removes
+    p.removes = []
+    gone.sort()
+    delete, get = txn.delete, txn.get
+    last, hit = None, False
+    for f, v in gone:
+        if f != last:
+            if hit and get(last, db=names) is None:
+                p.stale += 1
+            last, hit = f, False
+        if delete(f, v, db=names):
+            hit = True
+    if hit and get(last, db=names) is None:
+        p.stale += 1
 
 
 def remove_subtree(w, path: bytes) -> None:
     """Drop the index entries of every strict descendant of directory ``path``, and the
     ids of ``path`` and of the directories below it."""
-    gone = [keys.dir_prefix(path)]
+    gone = [path]
     stack = [path]
     while stack:  # by the children layout: the cost is the subtree, whatever the path length
         for k, v in w.iter_children_raw(stack.pop()):
@@ -170,11 +208,22 @@ def remove_subtree(w, path: bytes) -> None:
             remove(w, k)
             if v[0] & IS_DIR:
                 d = keys.path_of(k, bytes(v[NODE.size :]))
-                gone.append(keys.dir_prefix(d))
+                gone.append(d)
                 stack.append(d)
-    for prefix in gone:  # after the entries: they are found through these ids
-        d = w.index_pending.ids.pop(prefix, None) or dir_id(w.txn, w.dbs, prefix)
+    forget_dirs(w, gone)
+
+
+def forget_dirs(w, dirs: list[bytes]) -> None:
+    """Drop the ids of directories ``dirs``, whose children's entries are gone."""
+    forget_ids(w, [keys.dir_prefix(d) for d in dirs])
+
+
+def forget_ids(w, prefixes: list[bytes]) -> None:
+    p = w.index_pending
+    for prefix in prefixes:  # after the entries: they are found through these ids
+        d = _known_id(w, p, prefix)
         if d is not None:
+            del p.ids[prefix]
             w.txn.delete(d, db=w.dbs.name_dirs)
 
 
@@ -182,6 +231,8 @@ def flush(w) -> None:
     """Append the job's new distinct names to the blocks; count the names that went; and
     while the blocks hold many stale names, rewrite one full block without them."""
     p = w.index_pending
+    if p.removes:  # before the adds: a name removed and added again in one job stays
+        _drop_entries(w, p)
     if p.adds:
         _put_entries(w, p)
     stale = p.stale

@@ -153,6 +153,7 @@ class StateWrites:
         elif self._is_dir_node(key):
             self._count_suspect_dirs(+1)
         self.txn.put(key, pack_pair(expires_at, recorded_mtime, path), db=self.dbs.suspects)
+        self._filled[self.dbs.suspects] = True
         self.txn.put(_expiry_key(expires_at, key), b"", db=self.dbs.suspect_expiry)
 
     def delete_suspect(self, path: bytes) -> bool:
@@ -178,7 +179,9 @@ class StateWrites:
 
     def add_blind(self, kind: str, path: bytes) -> None:
         tail = path if keys.needs_path_tail(path) else b""
-        self.txn.put(keys.node_key(path), tail, db=self._blind_db(kind))
+        db = self._blind_db(kind)
+        self.txn.put(keys.node_key(path), tail, db=db)
+        self._filled[db] = True
 
     def discard_blind(self, kind: str, path: bytes) -> bool:
         return self.txn.delete(keys.node_key(path), db=self._blind_db(kind))
@@ -206,7 +209,9 @@ class StateWrites:
 
     def _drop_node_state(self, key: bytes, path: bytes, is_dir: bool) -> None:
         """Entries that die with their (already deleted) node: suspect and blind addition."""
-        v = self.txn.get(key, db=self.dbs.suspects)
-        if v is not None:
-            self._forget_suspect(key, v, is_dir)
-        self.txn.delete(key, db=self.dbs.blind_additions)
+        if self._may_hold(self.dbs.suspects):
+            v = self.txn.get(key, db=self.dbs.suspects)
+            if v is not None:
+                self._forget_suspect(key, v, is_dir)
+        if self._may_hold(self.dbs.blind_additions):
+            self.txn.delete(key, db=self.dbs.blind_additions)

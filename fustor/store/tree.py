@@ -293,6 +293,8 @@ class TreeWriter(TreeReader, StateWrites):
         self._anc: set[bytes] | None = None
         # whether any directory keeps a child-mtime index (None: not looked yet)
         self._any_index: bool | None = None
+        # table -> False while it is known to be empty in this job (a put makes it True)
+        self._filled: dict = {}
         # the fusion-side wall time of this job's changes (last_change_at)
         self.now = time.time() if now is None else now
         self.index_pending = index.Pending()
@@ -472,12 +474,10 @@ class TreeWriter(TreeReader, StateWrites):
             if self._has_index(parent):
                 self._index_del(parent, path, node.modified_time)
             return 1
-        agg = unpack_agg(self.txn.get(key, db=dbs.aggregates))
-        self.txn.delete(key, db=dbs.aggregates)
+        agg = unpack_agg(self.txn.pop(key, db=dbs.aggregates))
         if self._has_any_index():
             self.txn.delete(key, db=dbs.child_mtimes)
         self._forget_job_state(path)
-        index.remove_subtree(self, path)  # while the nodes are there to say where names are
         removed = self._delete_subtree(path)
         self._acc(parent, -agg.file_count, -agg.dir_count, -agg.total_size, None,
                   agg.latest_mtime, -agg.digest, -agg.digest_nomtime, -1)
@@ -486,21 +486,40 @@ class TreeWriter(TreeReader, StateWrites):
         return removed + 1
 
     def _delete_subtree(self, path: bytes) -> int:
-        """Remove every strict descendant of directory ``path`` from the per-path tables;
-        returns how many nodes went."""
+        """Remove every strict descendant of directory ``path`` from the per-path tables and
+        the name index; returns how many nodes went."""
         dbs = self.dbs
-        if keys.subtree_ranges(path)[0][1]:
+        ranges = keys.subtree_ranges(path)
+        if ranges[0][1]:
+            index.remove_subtree(self, path)  # while the nodes are there to say where names are
             return self._delete_subtree_by_walk(path)
-        stat = self.txn.stat
-        if stat(dbs.suspects)["entries"]:
+        if self._may_hold(dbs.suspects):
             for k, v in list(self.iter_subtree(path, dbs.suspects)):
                 self._forget_suspect(k, v)  # while the nodes are there to say file or directory
-        removed, dirs = self._delete_range(path, dbs.nodes, count_dirs=True)
-        if dirs:  # only directories have aggregates and child-mtime indexes
+        # one pass over the nodes: each one's name index entry goes with it
+        removed, dirs = 0, [path]
+        remove = index.remove
+        for prefix, _ in ranges:
+            cur = self.txn.cursor(db=dbs.nodes)
+            if not cur.set_range(prefix):
+                continue
+            while True:
+                k = cur.key()
+                if not k.startswith(prefix):
+                    break
+                remove(self, k)
+                v = cur.value()
+                if v[0] & IS_DIR:
+                    dirs.append(keys.path_of(k, bytes(v[NODE.size :])))
+                removed += 1
+                if not cur.delete():
+                    break
+        index.forget_dirs(self, dirs)
+        if len(dirs) > 1:  # only directories have aggregates and child-mtime indexes
             self._delete_range(path, dbs.aggregates)
             if self._has_any_index():
                 self._delete_range(path, dbs.child_mtimes)
-        if stat(dbs.blind_additions)["entries"]:
+        if self._may_hold(dbs.blind_additions):
             self._delete_range(path, dbs.blind_additions)
         return removed
 
@@ -557,6 +576,14 @@ class TreeWriter(TreeReader, StateWrites):
             if d in anc:
                 return
             anc.add(d)
+
+    def _may_hold(self, db) -> bool:
+        """Whether table ``db`` may have rows (its row count is read once per job; a put
+        to it in the job marks it)."""
+        v = self._filled.get(db)
+        if v is None:
+            v = self._filled[db] = self.txn.stat(db)["entries"] > 0
+        return v
 
     def _has_any_index(self) -> bool:
         """Whether some directory keeps a child-mtime index (looked up once per job)."""
