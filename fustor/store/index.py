@@ -178,23 +178,26 @@ def remove(w, key: bytes) -> None:
 
 
 def _drop_entries(w, p: Pending) -> None:
-    """Delete the ``names`` entries of the job's removed nodes, in name order (neighbouring
-    deletes share pages; a name many nodes had is checked for its last node once)."""
+    """Delete the ``names`` entries of the job's removed nodes, name by name in order
+    (neighbouring deletes share pages; a name many nodes had is checked for its last
+    node once)."""
     txn, names = w.txn, w.dbs.names
-    gone = p.removes
+    by_name: dict[bytes, list[bytes]] = {}
+    for f, v in p.removes:
+        e = by_name.get(f)
+        if e is None:
+            by_name[f] = [v]
+        else:
+            e.append(v)
     p.removes = []
-    gone.sort()
     delete, get = txn.delete, txn.get
-    last, hit = None, False
-    for f, v in gone:
-        if f != last:
-            if hit and get(last, db=names) is None:
-                p.stale += 1
-            last, hit = f, False
-        if delete(f, v, db=names):
-            hit = True
-    if hit and get(last, db=names) is None:
-        p.stale += 1
+    for f in sorted(by_name):
+        hit = False
+        for v in by_name[f]:
+            if delete(f, v, db=names):
+                hit = True
+        if hit and get(f, db=names) is None:
+            p.stale += 1
 
 
 def remove_subtree(w, path: bytes) -> None:

@@ -60,6 +60,7 @@ from fustor.store.state import StateReads, StateWrites
 
 NEG = float("-inf")
 _COUNT = struct.Struct("<q")
+_NODE_HEAD = struct.Struct("<Bqd")  # flags, size, mtime: the head of a node record
 CHILD_COUNT_AT = AGG.size - _COUNT.size  # child_count is the aggregate's last field
 _int = int.from_bytes
 _entry = ENTRY.pack
@@ -295,6 +296,7 @@ class TreeWriter(TreeReader, StateWrites):
         self._any_index: bool | None = None
         # table -> False while it is known to be empty in this job (a put makes it True)
         self._filled: dict = {}
+        self._ncur = None  # a cursor on the nodes for deletes and maxima, made at first use
         # the fusion-side wall time of this job's changes (last_change_at)
         self.now = time.time() if now is None else now
         self.index_pending = index.Pending()
@@ -333,7 +335,7 @@ class TreeWriter(TreeReader, StateWrites):
             if old.is_dir != is_dir:
                 if path == keys.ROOT:
                     raise PathError("the root of a view is a directory")
-                self._delete_at(path, key, old)
+                self._delete_node(path, key, old)
                 old = None
         elif path == keys.ROOT and not is_dir:
             raise PathError("the root of a view is a directory")
@@ -439,7 +441,7 @@ class TreeWriter(TreeReader, StateWrites):
                 if raw[0] & IS_DIR:
                     self._know_dir(d, key)
                     break
-                self._delete_at(d, key, unpack_node(key, raw))  # a file is in the way
+                self._delete_node(d, key, unpack_node(key, raw))  # a file is in the way
             missing.append(d)
             if d == keys.ROOT:
                 break
@@ -455,52 +457,65 @@ class TreeWriter(TreeReader, StateWrites):
         if path == keys.ROOT:
             return 0
         key = keys.node_key(path)
-        raw = self.txn.get(key, db=self.dbs.nodes)
+        raw = self.txn.pop(key, db=self.dbs.nodes)
         if raw is None:
             return 0
-        return self._delete_at(path, key, unpack_node(key, raw))
+        flags, size, mtime = _NODE_HEAD.unpack_from(raw)
+        return self._delete_at(path, key, flags & IS_DIR, size, mtime, popped=True)
 
-    def _delete_at(self, path: bytes, key: bytes, node: Node) -> int:
+    def _delete_node(self, path: bytes, key: bytes, node: Node) -> int:
+        return self._delete_at(path, key, node.is_dir, node.size, node.modified_time)
+
+    def _delete_at(self, path: bytes, key: bytes, is_dir, size: int, mtime: float,
+                   popped: bool = False) -> int:
+        """Delete the node at ``path`` (its record already gone when ``popped``)."""
         parent = keys.parent_of(path)
         dbs = self.dbs
-        self.txn.delete(key, db=dbs.nodes)
+        if not popped:
+            self.txn.delete(key, db=dbs.nodes)
         index.remove(self, key)
-        self._drop_node_state(key, path, node.is_dir)
+        self._drop_node_state(key, path, bool(is_dir))
         # (node deleted: hooks of other derived tables go here; a directory's
         # descendants go in _delete_subtree)
-        if not node.is_dir:
-            dig, dnm = entry_digests(path, False, node.size, node.modified_time)
-            self._acc(parent, -1, 0, -node.size, None, node.modified_time, -dig, -dnm, -1)
+        if not is_dir:
+            dig, dnm = entry_digests(path, False, size, mtime)
+            self._acc(parent, -1, 0, -size, None, mtime, -dig, -dnm, -1)
             if self._has_index(parent):
-                self._index_del(parent, path, node.modified_time)
+                self._index_del(parent, path, mtime)
             return 1
         agg = unpack_agg(self.txn.pop(key, db=dbs.aggregates))
         if self._has_any_index():
             self.txn.delete(key, db=dbs.child_mtimes)
-        self._forget_job_state(path)
-        removed = self._delete_subtree(path)
+        exact = not self._forget_job_state(path)  # the stored aggregate is the subtree's
+        removed = self._delete_subtree(path, agg if exact else None)
         self._acc(parent, -agg.file_count, -agg.dir_count, -agg.total_size, None,
                   agg.latest_mtime, -agg.digest, -agg.digest_nomtime, -1)
         if self._has_index(parent):
             self._index_del(parent, path, agg.latest_mtime)
         return removed + 1
 
-    def _delete_subtree(self, path: bytes) -> int:
+    def _delete_subtree(self, path: bytes, agg=None) -> int:
         """Remove every strict descendant of directory ``path`` from the per-path tables and
-        the name index; returns how many nodes went."""
+        the name index; returns how many nodes went. ``agg``: the directory's aggregate
+        when it is exact (this job touched nothing under it) — with no subdirectories its
+        descendants are its children, one key range."""
         dbs = self.dbs
         ranges = keys.subtree_ranges(path)
         if ranges[0][1]:
             index.remove_subtree(self, path)  # while the nodes are there to say where names are
             return self._delete_subtree_by_walk(path)
-        if self._may_hold(dbs.suspects):
+        if agg is not None and not agg.dir_count:
+            ranges = ranges[:1] if agg.child_count else []
+        if ranges and self._may_hold(dbs.suspects):
             for k, v in list(self.iter_subtree(path, dbs.suspects)):
                 self._forget_suspect(k, v)  # while the nodes are there to say file or directory
         # one pass over the nodes: each one's name index entry goes with it
         removed, dirs = 0, [path]
         remove = index.remove
+        if ranges and self._ncur is None:
+            self._ncur = self.txn.cursor(db=dbs.nodes)
+        cur = self._ncur
         for prefix, _ in ranges:
-            cur = self.txn.cursor(db=dbs.nodes)
             if not cur.set_range(prefix):
                 continue
             while True:
@@ -519,7 +534,7 @@ class TreeWriter(TreeReader, StateWrites):
             self._delete_range(path, dbs.aggregates)
             if self._has_any_index():
                 self._delete_range(path, dbs.child_mtimes)
-        if self._may_hold(dbs.blind_additions):
+        if ranges and self._may_hold(dbs.blind_additions):
             self._delete_range(path, dbs.blind_additions)
         return removed
 
@@ -549,22 +564,24 @@ class TreeWriter(TreeReader, StateWrites):
                 txn.delete(k, db=dbs.child_mtimes)
         return len(found)
 
-    def _forget_job_state(self, path: bytes) -> None:
+    def _forget_job_state(self, path: bytes) -> bool:
         """Drop this job's pending deltas and directory cache for directory ``path`` and
-        everything under it. O(1) unless this job touched something under ``path``."""
-        self._pend.pop(path, None)
+        everything under it; True when this job changed something under ``path``.
+        O(1) unless it did."""
+        pending = self._pend.pop(path, None) is not None
         self._dirs.pop(path, None)
         if self._anc is None:
             self._anc = set()
             for d in (*self._pend, *self._dirs):
                 self._note(d)
         if path not in self._anc:
-            return
+            return pending
         inside = path + b"/"
         for p in [p for p in self._pend if p.startswith(inside)]:
             del self._pend[p]
         for p in [p for p in self._dirs if p.startswith(inside)]:
             del self._dirs[p]
+        return True
 
     def _note(self, d: bytes) -> None:
         """Record ``d``'s ancestors in ``_anc`` (stops at the first one already there)."""
@@ -757,7 +774,17 @@ class TreeWriter(TreeReader, StateWrites):
                 return cm if cm > m else m
             return m
         aggdb = self.dbs.aggregates
-        for k, v in self.iter_children_raw(d):
+        if self._ncur is None:
+            self._ncur = self.txn.cursor(db=self.dbs.nodes)
+        cur = self._ncur
+        prefix = keys.dir_prefix(d)
+        if not cur.set_range(prefix):
+            return m
+        while True:
+            k = cur.key()
+            if not k.startswith(prefix):
+                return m
+            v = cur.value()
             if v[0] & IS_DIR:
                 cm = AGG.unpack_from(self.txn.get(k, db=aggdb))[3]
             else:
@@ -766,4 +793,5 @@ class TreeWriter(TreeReader, StateWrites):
                 if cm >= bound:
                     return cm
                 m = cm
-        return m
+            if not cur.next():
+                return m

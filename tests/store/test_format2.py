@@ -165,3 +165,35 @@ def test_twenty_thousand_directory_deletes_in_one_job(tmp_path):
             st = r.stats(b"/")
             assert (st.file_count, st.dir_count) == (20_000, 1 + 200 + 20_000)
         assert verify(s) == []
+
+
+def _dir_ids(store):
+    with store.read() as r:
+        return {bytes(v) for _k, v in r.txn.cursor(db=r.dbs.name_dirs)}
+
+
+def test_directory_deletes_leave_no_entry_behind_whatever_the_job_did_first(tmp_path):
+    """A directory delete reads its stored aggregate to skip empty key ranges; that may
+    only happen when the job changed nothing under it. Every mix leaves nothing behind."""
+    with Store(tmp_path / "s.lmdb") as s:
+        fill(s, [("/k/f/x", 1, 1.0), ("/k/g/h/y", 2, 2.0), ("/m/old", 3, 3.0),
+                 ("/s/d/f", 4, 4.0), ("/s/d/e/g", 5, 5.0), ("/keep/z", 6, 6.0)],
+             dirs=["/k/e", "/k/e2"])
+
+        def drop(w):
+            w.upsert(N("/k/e2/new"), False, 1, 7.0)  # an empty directory that gets a child
+            w.upsert(N("/m/a/b/file"), False, 1, 7.0)  # made and dropped in this job
+            w.upsert(N("/m/new/deeper/c"), False, 1, 7.0)
+            # the suspect and blind tables were empty when the job began
+            w.put_suspect(N("/s/d/e/g"), 99.0, 5.0)
+            w.add_blind("additions", N("/s/d/f"))
+            return [w.delete(N(p)) for p in ("/k/e", "/k/e2", "/k/f", "/k/g", "/m/a", "/m", "/s/d")]
+
+        assert s.write(drop) == [1, 2, 2, 3, 3, 5, 4]
+        assert verify(s) == []
+        with s.read() as r:
+            assert [n.path for _d, n in r.walk(b"/")] == [b"/", b"/k", b"/keep", b"/keep/z", b"/s"]
+            assert r.suspect(N("/s/d/e/g")) is None and not r.in_blind("additions", N("/s/d/f"))
+            assert [n.path for n in r.search("*", b"/").nodes] == [b"/keep/z"]  # files
+        # no directory id is left for a directory that went
+        assert sorted(_dir_ids(s)) == [b"/\0", b"/k\0", b"/keep\0", b"/s\0"]
