@@ -26,6 +26,9 @@ log = logging.getLogger("fustor.fusion")
 # idle keep-alive connections stay open longer than any client keeps one idle (httpx: 5 s,
 # the agent: 60 s), so a client never sends a request on a socket the server is closing
 KEEP_ALIVE_S = 65
+# on SIGTERM, requests in flight get this long to finish before they are cancelled (a
+# cancelled push was not answered 200, so its agent sends it again to the next fusion)
+GRACEFUL_S = 10
 
 
 class _Server(uvicorn.Server):
@@ -70,7 +73,7 @@ def listen(host: str, port: int) -> socket.socket:
 def _receiver_server(fusion: Fusion, host: str, port: int, log_level: str) -> _Server:
     return _Server(uvicorn.Config(create_receiver_app(fusion), host=host, port=port,
                                   log_level=log_level, lifespan="off", access_log=False,
-                                  timeout_keep_alive=KEEP_ALIVE_S,
+                                  timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=GRACEFUL_S,
                                   **_tls(fusion.cfg)))
 
 
@@ -99,7 +102,7 @@ async def serve(fusion: Fusion, host: str, port: int, *, log_level: str = "warni
     """
     main = _Server(uvicorn.Config(create_app(fusion), host=host, port=port, log_level=log_level,
                                   lifespan="on", access_log=False,
-                                  timeout_keep_alive=KEEP_ALIVE_S, **_tls(fusion.cfg)))
+                                  timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=GRACEFUL_S, **_tls(fusion.cfg)))
     servers = [main]
     receivers: dict[int, _Server] = {}
     sockets: dict[_Server, socket.socket] = {}

@@ -307,3 +307,32 @@ views:
     finally:
         assert p.stop() == 0
     assert "Traceback" not in p.output()
+
+
+def test_a_client_stalled_mid_request_cannot_hold_the_shutdown(server):
+    """SIGTERM lets requests in flight finish, but only for a bounded time: a client that
+    sent half a push and went quiet does not keep fusion (and its views) from stopping."""
+    import socket
+
+    from fustor.fusion.server import GRACEFUL_S
+
+    proc, url, rurl = server()
+    sid = httpx.post(f"{rurl}/api/v1/pipe/session/", json={"task_id": "h:v"},
+                     headers={"X-API-Key": KEY}, timeout=10).json()["session_id"]
+    port = int(rurl.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST /api/v1/pipe/ingest/{sid}/events HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"events\": [".encode())
+        # a round trip on another connection: the server's loop has read the half request too
+        assert httpx.get(f"{rurl}/", timeout=10).status_code < 500
+        t = time.monotonic()
+        proc.p.send_signal(15)
+        code = proc.p.wait(timeout=GRACEFUL_S + 15)
+        took = time.monotonic() - t
+        s.settimeout(5)
+        reply = s.recv(200)
+        # the push was not committed, so it is never answered 200 (its agent sends it again)
+        assert reply == b"" or reply.startswith((b"HTTP/1.1 5", b"HTTP/1.1 4")), reply
+    assert code == 0, proc.output()[-2000:]
+    assert took < GRACEFUL_S + 10, took
+    assert "fusion stopped in" in proc.output()
