@@ -24,6 +24,25 @@ from fustor.errors import StoreError, StoreFormatError
 from fustor.store.env import FORMAT_VERSION, Store
 
 
+def write_in_batches(items, dest: Store, apply: Callable, size: int,
+                     progress: Callable[[str], None], what: str) -> int:
+    """Write ``items`` into ``dest``, ``size`` per write job (``apply(writer, batch)``),
+    saying ``"<n> <what>"`` after each full batch. Returns how many were written."""
+    batch: list = []
+    done = 0
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            dest.write(lambda w, b=batch: apply(w, b))
+            done += len(batch)
+            progress(f"{done} {what}")
+            batch = []
+    if batch:
+        dest.write(lambda w, b=batch: apply(w, b))
+        done += len(batch)
+    return done
+
+
 def registry() -> dict[int, object]:
     """Migration modules keyed by the format they upgrade from."""
     out = {}

@@ -17,21 +17,17 @@ BATCH = 10_000
 
 
 def migrate(src, dest, progress) -> None:
-    with src.begin() as txn:
-        nodes = src.open_db(b"nodes", txn=txn, create=False)
-        batch = []
-        done = 0
+    from fustor.migrations import write_in_batches
+
+    def records(txn, nodes):
         for key, value in txn.cursor(db=nodes):
             rec = orjson.loads(value)
-            batch.append((bytes(key), bool(rec.get("is_dir")), int(rec.get("size", 0)),
-                          float(rec.get("mtime", 0.0)), float(rec.get("ctime", 0.0))))
-            if len(batch) >= BATCH:
-                dest.write(lambda w, b=batch: _apply(w, b))
-                done += len(batch)
-                progress(f"{done} nodes copied")
-                batch = []
-        if batch:
-            dest.write(lambda w, b=batch: _apply(w, b))
+            yield (bytes(key), bool(rec.get("is_dir")), int(rec.get("size", 0)),
+                   float(rec.get("mtime", 0.0)), float(rec.get("ctime", 0.0)))
+
+    with src.begin() as txn:
+        nodes = src.open_db(b"nodes", txn=txn, create=False)
+        write_in_batches(records(txn, nodes), dest, _apply, BATCH, progress, "nodes copied")
 
 
 def _apply(w, batch) -> None:

@@ -42,20 +42,12 @@ def migrate(src, dest, progress) -> None:
 
 
 def _copy(cursor, dest, name: str, progress) -> None:
-    batch: list[tuple[bytes, bytes]] = []
-    done = 0
+    from fustor.migrations import write_in_batches
 
     def put(w, b):
         db = getattr(w.dbs, name)
         for k, v in b:
             w.txn.put(k, v, db=db)
 
-    for k, v in cursor:
-        batch.append((bytes(k), bytes(v)))
-        if len(batch) >= BATCH:
-            dest.write(lambda w, b=batch: put(w, b))
-            done += len(batch)
-            progress(f"{done} {name} copied")
-            batch = []
-    if batch:
-        dest.write(lambda w, b=batch: put(w, b))
+    write_in_batches(((bytes(k), bytes(v)) for k, v in cursor), dest, put, BATCH, progress,
+                     f"{name} copied")
