@@ -18,8 +18,6 @@ from fustor.store.records import (
     NODE,
     NODE_SIZE,
     NODE_SIZE_AND_MTIME,
-    Node,
-    unpack_node,
 )
 from fustor.store.tree import TreeReader
 
@@ -50,17 +48,84 @@ def tally(ref: TreeReader, other: TreeReader, top: bytes, mtime: bool = True) ->
                 c["different_dirs"] += 1
             _push_children(ref, other, keys.path_of(key, bytes(a[NODE.size :])), stack, sig.stop)
             continue
-        for rec, r, side in ((a, ref, "missing"), (b, other, "extra")):
-            if rec is None:
-                continue
-            if rec[0] & IS_DIR:
-                f, d = AGG.unpack_from(r.aggregate_raw(key))[:2]
-                c[side + "_files"] += f
-                c[side + "_dirs"] += d
-            else:
-                c[side + "_files"] += 1
+        _count_unmatched(c, key, a, ref, b, other)
     c["equal"] = not any(c.values())
     return c
+
+
+def _count_unmatched(c: dict, key: bytes, a: bytes | None, ref: TreeReader, b: bytes | None,
+                     other: TreeReader) -> None:
+    """Count an entry that is not of one type in both trees: ``ref``'s record ``a`` (and its
+    subtree) as missing, ``other``'s record ``b`` as extra; None where a side lacks it."""
+    for rec, r, side in ((a, ref, "missing"), (b, other, "extra")):
+        if rec is None:
+            continue
+        if rec[0] & IS_DIR:
+            f, d = AGG.unpack_from(r.aggregate_raw(key))[:2]
+            c[side + "_files"] += f
+            c[side + "_dirs"] += d
+        else:
+            c[side + "_files"] += 1
+
+
+class Summary:
+    """What :func:`tally` says of every member against ``ref`` under ``top``, gathered from
+    the differing children a complete walk visits: :func:`differing_children` of ``top``,
+    and again of every child it reports as "subtree", with nothing cut by paging. The
+    listing's walk then also gives the summary, and no differing directory is read twice.
+
+    A pair whose children the walk does not descend into (a directory both hold while
+    some third member lacks it) is tallied on its own, so the counts stay exact."""
+
+    FIELDS = ("missing_files", "missing_dirs", "extra_files", "extra_dirs",
+              "different_files", "different_dirs")
+
+    def __init__(self, readers: dict[str, TreeReader], ref: str, mtime: bool) -> None:
+        self.readers, self.ref, self.mtime = readers, ref, mtime
+        self.digest = AGG_DIGEST if mtime else AGG_DIGEST_NOMTIME
+        self.sig = NODE_SIZE_AND_MTIME if mtime else NODE_SIZE
+        self.counts = {n: dict.fromkeys(self.FIELDS, 0) for n in readers if n != ref}
+
+    @classmethod
+    def start(cls, readers: dict[str, TreeReader], ref: str, top: bytes,
+              mtime: bool = True) -> Summary | None:
+        """A summary that has counted ``top`` itself, for the walk to feed; None when
+        ``top`` is not a directory in every member (then :func:`tally` answers)."""
+        key = keys.node_key(top)
+        recs = {n: r.txn.get(key, db=r.dbs.nodes) for n, r in readers.items()}
+        if not all(v is not None and v[0] & IS_DIR for v in recs.values()):
+            return None
+        s = cls(readers, ref, mtime)
+        s.add(top, key, recs, "subtree")
+        return s
+
+    def add(self, path: bytes, key: bytes, have: dict[str, bytes], why: str) -> None:
+        """Count one entry the walk reported: ``have`` holds the raw node record of each
+        member that has it; "subtree" says the walk descends into it."""
+        ref = self.readers[self.ref]
+        a = have.get(self.ref)
+        for n, c in self.counts.items():
+            b = have.get(n)
+            if a is None or b is None or (a[0] & IS_DIR) != (b[0] & IS_DIR):
+                if a is not None or b is not None:
+                    _count_unmatched(c, key, a, ref, b, self.readers[n])
+                continue
+            if not a[0] & IS_DIR:
+                if a[self.sig] != b[self.sig]:
+                    c["different_files"] += 1
+                continue
+            other = self.readers[n]
+            if ref.aggregate_raw(key)[self.digest] == other.aggregate_raw(key)[self.digest]:
+                continue
+            if why != "subtree":  # the walk stops here for this pair: count its subtree now
+                sub = tally(ref, other, path, self.mtime)
+                for f in self.FIELDS:
+                    c[f] += sub[f]
+            elif self.mtime and a[_MTIME] != b[_MTIME]:
+                c["different_dirs"] += 1
+
+    def result(self) -> dict[str, dict]:
+        return {n: {**c, "equal": not any(c.values())} for n, c in self.counts.items()}
 
 
 def _push_children(ref: TreeReader, other: TreeReader, path: bytes, stack: list, end: int) -> None:
@@ -94,15 +159,16 @@ def same_subtree(readers: list[TreeReader], top: bytes, mtime: bool = True) -> b
     return len(seen) == 1
 
 
-def differing_children(readers: dict[str, TreeReader], d: bytes,
-                       mtime: bool = True) -> Iterator[tuple[bytes, dict[str, Node], str, bool]]:
-    """``(path, nodes by member, difference, descend)`` for each child of ``d`` that is not
-    the same in every reader, in key order. ``difference`` is "missing" (some readers lack
-    it), "type", "size", "mtime" (only when ``mtime``) or "subtree" (a directory whose
-    digests differ; ``descend`` is then True).
+def differing_children(readers: dict[str, TreeReader], d: bytes, mtime: bool = True
+                       ) -> Iterator[tuple[bytes, bytes, dict[str, bytes], str, bool]]:
+    """``(path, key, raw node record by member, difference, descend)`` for each child of
+    ``d`` that is not the same in every reader, in key order. ``difference`` is "missing"
+    (some readers lack it), "type", "size", "mtime" (only when ``mtime``) or "subtree" (a
+    directory whose digests differ; ``descend`` is then True).
 
     Children are grouped by key and compared as raw records (size and mtime bytes of
-    files, digests of directories); only the differing ones are decoded."""
+    files, digests of directories); nothing is decoded (``unpack_node(key, record)``
+    does it for the entries a caller shows)."""
     names = list(readers)
     lists = [readers[n].children_raw(d) for n in names]
     file_sig = NODE_SIZE_AND_MTIME if mtime else NODE_SIZE
@@ -156,5 +222,4 @@ def differing_children(readers: dict[str, TreeReader], d: bytes,
             why = "size" if len(sizes) > 1 else "mtime"
         if why is None:
             continue
-        nodes = {n: unpack_node(key, v) for n, v in have.items()}
-        yield next(iter(nodes.values())).path, nodes, why, descend
+        yield keys.path_of(key, bytes(next(iter(have.values()))[NODE.size :])), key, have, why, descend

@@ -18,7 +18,8 @@ from fustor.errors import BadQueryError, FustorError, NotFoundError
 from fustor.fusion.views.fs import FsView, node_json
 from fustor.fusion.views.locate import locate
 from fustor.store import Query, keys
-from fustor.store.compare import differing_children, same_subtree, tally
+from fustor.store.compare import Summary, differing_children, same_subtree, tally
+from fustor.store.records import unpack_node
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
 EPS = 1e-6
@@ -150,12 +151,21 @@ class ForestView:
             if not any(tops.values()):
                 raise NotFoundError(f"path {path!r} is in no member")
             ref = self._reference(readers, top, reference)
+            counts = None
             if same_subtree(list(readers.values()), top, mtime):
                 more = False  # the usual answer for complete copies, in O(members)
             else:
-                more = self._compare(readers, top, mtime, recursive, limit, after_parts, out)
-            summary = {n: tally(readers[ref], readers[n], top, mtime)
-                       for n in names if n != ref}
+                # a walk that visits every difference (first page, recursive) counts the
+                # summary as it goes; if the limit cuts it short, tally counts on its own
+                if after_parts is None and recursive:
+                    counts = Summary.start(readers, ref, top, mtime)
+                more = self._compare(readers, top, mtime, recursive, limit, after_parts, out,
+                                     counts)
+            if counts is not None and not more:
+                summary = counts.result()
+            else:
+                summary = {n: tally(readers[ref], readers[n], top, mtime)
+                           for n in names if n != ref}
         result = {"path": keys.display(top), "members": names, "differences": out,
                   "next_after": out[-1]["path"] if more and out else None,
                   "reference": ref, "summary": summary}
@@ -175,22 +185,26 @@ class ForestView:
         return max(sorted(readers), key=files)  # ties: the first name
 
     def _compare(self, readers: dict, top: bytes, mtime: bool, recursive: bool, limit: int,
-                 after: list[bytes] | None, out: list[dict]) -> bool:
+                 after: list[bytes] | None, out: list[dict], counts: Summary | None = None) -> bool:
         """Append differences under ``top`` in path order; True when ``limit`` cut the
-        listing short. Descends with a stack of per-directory iterators, so any depth works."""
+        listing short. Descends with a stack of per-directory iterators, so any depth works.
+        Each difference found is also added to ``counts`` (when given)."""
         stack = [differing_children(readers, top, mtime)]
         while stack:
             item = next(stack[-1], None)
             if item is None:
                 stack.pop()
                 continue
-            p, nodes, why, descend = item
+            p, key, have, why, descend = item
+            if counts is not None:
+                counts.add(p, key, have, why)
             parts = p.split(b"/")
             if after is not None and parts < after[: len(parts)]:
                 continue  # this whole subtree comes before the page start
             if after is None or parts > after:
                 if len(out) >= limit:
                     return True
+                nodes = {n: unpack_node(key, v) for n, v in have.items()}
                 aggs = ({n: readers[n].stats(p) for n in nodes} if why == "subtree" else None)
                 out.append(self._entry(readers, p, nodes, why, aggs))
             if descend and recursive:
