@@ -9,8 +9,10 @@ import pytest
 from fustor.errors import BadQueryError
 from fustor.fusion.app import create_app
 from fustor.fusion.views.forest import ForestView
+from fustor.fusion.views.fs import node_json, record_json
 from fustor.store import keys
 from fustor.store.compare import tally
+from fustor.store.records import Node, pack_node
 from tests.fusion.conftest import make_fusion
 from tests.fusion.test_forest import FOREST, Q, load
 
@@ -279,3 +281,14 @@ async def test_compare_over_http_takes_a_reference(tmp_path):
         bad = await c.get("/api/v1/views/uploads/compare", params={"reference": "nope"}, headers=Q)
         assert bad.status_code == 400
     await f.stop()
+
+
+@pytest.mark.parametrize("node", [
+    Node(N("/a/f.txt"), False, 12, 3.5, 2.5, 9.0, True, False),
+    Node(N("/a/d"), True, 4096, 1.0, 0.5, 9.0, False, True, True),
+    Node(N("/" + "x" * 250 + "/" + "y" * 200 + "/\udcff"), False, 0, -1.0, 0.0),
+])
+def test_compare_entries_show_a_node_as_tree_does(node):
+    """compare builds its entries from raw records: the same fields as node_json."""
+    name = keys.display(node.path.rsplit(b"/", 1)[-1])
+    assert record_json(node.path_str, name, pack_node(node)) == node_json(node)

@@ -15,11 +15,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from fustor.errors import BadQueryError, FustorError, NotFoundError
-from fustor.fusion.views.fs import FsView, node_json
+from fustor.fusion.views.fs import FsView, record_json
 from fustor.fusion.views.locate import locate
 from fustor.store import Query, keys
 from fustor.store.compare import Summary, differing_children, same_subtree, tally
-from fustor.store.records import unpack_node
+from fustor.store.records import AGG
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
 EPS = 1e-6
@@ -204,25 +204,27 @@ class ForestView:
             if after is None or parts > after:
                 if len(out) >= limit:
                     return True
-                nodes = {n: unpack_node(key, v) for n, v in have.items()}
-                aggs = ({n: readers[n].stats(p) for n in nodes} if why == "subtree" else None)
-                out.append(self._entry(readers, p, nodes, why, aggs))
+                out.append(self._entry(readers, p, key, have, why))
             if descend and recursive:
                 stack.append(differing_children(readers, p, mtime))
         return False
 
     @staticmethod
-    def _entry(readers: dict, p: bytes, have: dict, why: str, aggs: dict | None = None) -> dict:
-        """One difference: per member its node (and subtree figures), None where absent."""
+    def _entry(readers: dict, p: bytes, key: bytes, have: dict[str, bytes], why: str) -> dict:
+        """One difference: per member its node (and, for "subtree", the subtree figures),
+        None where absent; ``have`` holds each member's raw node record."""
+        path = keys.display(p)
+        name = keys.display(p.rsplit(b"/", 1)[-1]) if p != keys.ROOT else ""
         per = {}
-        for n in readers:
-            k = have.get(n)
-            if k is None:
+        for n, r in readers.items():
+            rec = have.get(n)
+            if rec is None:
                 per[n] = None
                 continue
-            j = node_json(k)
-            if aggs is not None:
-                j.update(aggs[n].as_dict())
+            j = record_json(path, name, rec)
+            if why == "subtree":
+                fc, dc, size, latest = AGG.unpack_from(r.aggregate_raw(key))[:4]
+                j.update(file_count=fc, dir_count=dc, total_size=size, latest_mtime=latest)
             per[n] = j
-        return {"path": keys.display(p), "difference": why,
+        return {"path": path, "difference": why,
                 "missing_in": sorted(n for n in readers if n not in have), "members": per}
