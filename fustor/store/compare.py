@@ -8,6 +8,8 @@ fan-out of the directories holding them), not the size of the trees.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import compress, count, repeat
+from operator import and_, itemgetter, ne, not_, or_
 
 from fustor.store import keys
 from fustor.store.records import (
@@ -22,6 +24,7 @@ from fustor.store.records import (
 from fustor.store.tree import TreeReader
 
 _MTIME = slice(9, 17)  # of a node record
+_FLAGS = itemgetter(0)  # of a node record; of a pair, its first item
 
 
 def tally(ref: TreeReader, other: TreeReader, top: bytes, mtime: bool = True) -> dict:
@@ -170,56 +173,67 @@ def differing_children(readers: dict[str, TreeReader], d: bytes, mtime: bool = T
     files, digests of directories); nothing is decoded (``unpack_node(key, record)``
     does it for the entries a caller shows)."""
     names = list(readers)
-    lists = [readers[n].children_raw(d) for n in names]
     file_sig = NODE_SIZE_AND_MTIME if mtime else NODE_SIZE
     agg_sig = AGG_DIGEST if mtime else AGG_DIGEST_NOMTIME
     total = len(readers)
-    kids: dict | None = None
-    first = lists[0]
-    ks = [k for k, _ in first]
-    if all(len(x) == len(first) for x in lists) and all([k for k, _ in x] == ks for x in lists[1:]):
-        # the usual case: every member lists the same names. Compare each child's flags,
-        # size (and mtime) bytes across members in list comprehensions, and keep only the
-        # directories and the rows that differ: nothing is decoded for equal files
-        end = file_sig.stop
-        sigs = [[v[:end] for _, v in x] for x in lists]
-        pick = [i for i, t in enumerate(zip(*sigs, strict=True)) if t[0][0] & IS_DIR or t.count(t[0]) != total]
-        kids = {ks[i]: {n: x[i][1] for n, x in zip(names, lists, strict=True)} for i in pick}
-    if kids is None:
-        # names differ: every child some member lacks, and of the others only the
-        # directories and those whose flags, size (or mtime) bytes differ
-        end = file_sig.stop
-        maps = [dict(x) for x in lists]
-        common = set(maps[0]).intersection(*maps[1:])
-        kids = {}
-        for m, n in zip(maps, names, strict=True):
-            for k in m.keys() - common:
-                kids.setdefault(k, {})[n] = m[k]
-        m0 = maps[0]
-        if total == 2:
-            m1 = maps[1]
-            pick = [k for k in common if m0[k][0] & IS_DIR or m0[k][:end] != m1[k][:end]]
-        else:
-            pick = [k for k in common
-                    if m0[k][0] & IS_DIR or any(m[k][:end] != m0[k][:end] for m in maps[1:])]
-        for k in pick:
-            kids[k] = {n: m[k] for n, m in zip(names, maps, strict=True)}
-    for key in sorted(kids):
-        have = kids[key]
-        flags = {v[0] & IS_DIR for v in have.values()}
+    lists = [readers[n].children_raw(d) for n in names]
+    agg = readers[names[0]].aggregate_raw(keys.node_key(d))
+    subdirs = agg is None or AGG.unpack_from(agg)[1] > 1  # its dir_count counts itself
+    for key, have in _candidates(names, lists, file_sig.stop, subdirs):
+        recs = list(have.values())
+        first = recs[0]
         descend = False
-        why = None
-        if len(have) < total:
+        if len(recs) < total:
             why = "missing"
-        elif len(flags) > 1:
+        elif any((r[0] ^ first[0]) & IS_DIR for r in recs):
             why = "type"
-        elif flags == {IS_DIR}:
-            aggs = [readers[n].aggregate_raw(key) for n in have]
-            if len({bytes(a[agg_sig]) for a in aggs}) > 1:
-                why, descend = "subtree", True
-        elif len({bytes(v[file_sig]) for v in have.values()}) > 1:
-            sizes = {bytes(v[NODE_SIZE]) for v in have.values()}
-            why = "size" if len(sizes) > 1 else "mtime"
-        if why is None:
+        elif first[0] & IS_DIR:
+            if len({readers[n].aggregate_raw(key)[agg_sig] for n in have}) == 1:
+                continue
+            why, descend = "subtree", True
+        elif any(r[file_sig] != first[file_sig] for r in recs):
+            why = "size" if any(r[NODE_SIZE] != first[NODE_SIZE] for r in recs) else "mtime"
+        else:
             continue
-        yield keys.path_of(key, bytes(next(iter(have.values()))[NODE.size :])), key, have, why, descend
+        yield keys.path_of(key, bytes(first[NODE.size :])), key, have, why, descend
+
+
+def _candidates(names: list[str], lists: list[list[tuple[bytes, bytes]]], end: int,
+                subdirs: bool = True) -> list[tuple[bytes, dict[str, bytes]]]:
+    """``(key, {member: record})`` in key order for the children worth a look, from each
+    member's sorted ``(key, record)`` list: every child some member lacks, and of the
+    others the directories (unless ``subdirs`` is false: the first member has none) and
+    those whose first ``end`` record bytes (flags, size, mtime) differ between members.
+
+    The passes over all rows run in C (zip, map, compress, set membership); Python code
+    runs only for the rows picked, so the cost per row is a few allocations."""
+    cols = [tuple(zip(*x, strict=True)) if x else ((), ()) for x in lists]
+    ks = [c[0] for c in cols]
+    vals = [c[1] for c in cols]
+    shown = ks[0]
+    kids: list[tuple[bytes, dict[str, bytes]]] = []
+    if any(k != shown for k in ks[1:]):
+        # names differ: take out the children some member lacks, so that the remaining
+        # rows of every member line up on the names all of them hold
+        shared = set(shown).intersection(*ks[1:])
+        alone: dict[bytes, dict[str, bytes]] = {}
+        for i, n in enumerate(names):
+            keep = list(map(shared.__contains__, ks[i]))
+            for k, v in compress(zip(ks[i], vals[i], strict=True), map(not_, keep)):
+                alone.setdefault(k, {})[n] = v
+            vals[i] = tuple(compress(vals[i], keep))
+            if i == 0:
+                shown = tuple(compress(shown, keep))
+        kids += alone.items()
+    sig = itemgetter(slice(0, end))
+    first = list(map(sig, vals[0])) if len(vals) > 2 else map(sig, vals[0])
+    picked = None
+    if subdirs:  # directories are compared by digest, whatever their records say
+        picked = map(and_, map(_FLAGS, vals[0]), repeat(IS_DIR))
+    for v in vals[1:]:
+        differ = map(ne, first, map(sig, v))
+        picked = differ if picked is None else map(or_, picked, differ)
+    kids += [(shown[i], {n: v[i] for n, v in zip(names, vals, strict=True)})
+             for i in compress(count(), picked)]
+    kids.sort(key=_FLAGS)  # (the key)
+    return kids
