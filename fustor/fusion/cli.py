@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from pathlib import Path
@@ -364,6 +365,12 @@ def _serve(data_dir: Path | None, config_path: Path | None, host: str | None,
     f.open()
 
     def ready() -> None:
+        # What start-up built (modules, app, routes, open views) lives as long as the
+        # process: freeze it, so that the collector's full passes, which requests that
+        # allocate much (a compare, a big tree) trigger every few calls, walk only what
+        # was made since instead of pausing every thread ~40 ms on the whole heap.
+        gc.collect()
+        gc.freeze()
         f.admission.log_start(data_dir, soft_before)
         scheme = "https" if cfg.tls else "http"
         click.echo(f"fusion listening on {scheme}://{host}:{port} (data in {data_dir})")

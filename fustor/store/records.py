@@ -17,6 +17,7 @@ AUDIT_SKIPPED = 8
 
 # flags, size, modified_time, created_time, last_updated_at, audit_mark
 NODE = struct.Struct("<BqdddI")
+NODE_HEAD = struct.Struct("<Bqdd")  # its first four fields: what an answer shows of a node
 # file_count, dir_count, total_size, latest_mtime, digest, digest_nomtime (integers mod
 # DIGEST_MOD, 16 bytes little endian), last_change_at (wall), child_count
 AGG = struct.Struct("<qqqd16s16sdq")

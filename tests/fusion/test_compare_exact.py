@@ -1,6 +1,7 @@
 """compare is exact: subtree digests find what equal aggregates hide; summary counts are exact."""
 
 import random
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -8,7 +9,10 @@ import pytest
 from fustor.errors import BadQueryError
 from fustor.fusion.app import create_app
 from fustor.fusion.views.forest import ForestView
+from fustor.fusion.views.fs import node_json, record_json
 from fustor.store import keys
+from fustor.store.compare import tally
+from fustor.store.records import Node, pack_node
 from tests.fusion.conftest import make_fusion
 from tests.fusion.test_forest import FOREST, Q, load
 
@@ -196,12 +200,65 @@ def test_random_edits_match_brute_force(tmp_path, seed):
             assert cmp["summary"]["b"] == counts, (seed, mtime)
             paged, after = [], None
             while True:  # pages of 3 add up to the whole answer, in path order
-                page = f.compare("/t", members=["a", "b"], mtime=mtime, limit=3, after=after)
+                page = f.compare("/t", members=["a", "b"], mtime=mtime, limit=3, after=after,
+                                  reference="a")
                 paged += [d["path"] for d in page["differences"]]
+                assert page["summary"] == cmp["summary"]  # counted whatever the page
                 after = page["next_after"]
                 if after is None:
                     break
             assert paged == [d["path"] for d in cmp["differences"]]
+    finally:
+        f.close()
+
+
+def flip_types(rng, entries):
+    """Turn a file into a directory holding one file, or a directory into a file."""
+    out = dict(entries)
+    for _ in range(rng.randint(0, 2)):
+        files = sorted(out)
+        if not files:
+            break
+        p = rng.choice(files)
+        if rng.random() < 0.5:
+            del out[p]
+            out[p + "/f0"] = ("f", 1, 10.0)
+        else:
+            d = p.rsplit("/", 1)[0]
+            if d == "/t":
+                continue
+            for q in [q for q in out if q.startswith(d + "/")]:
+                del out[q]
+            out[d] = ("f", 2, 20.0)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_summary_of_several_members_is_each_pairs_tally(tmp_path, seed):
+    """With three members the listing's walk stops at entries a third member lacks; the
+    summary it counts must still be tally's, for every reference and both mtime modes."""
+    rng = random.Random(1000 + seed)
+    base = random_tree(rng)
+    f = ForestView("up", tmp_path / "up", ["a", "b", "c"])
+    try:
+        for m in "abc":
+            files = base if m == "a" else flip_types(rng, edit(rng, base))
+            dirs = sorted({p.rsplit("/", 1)[0] for p in files} - {"/t"})
+            if m == "c" and seed % 8 == 0:
+                put(f, m, [("/u/f", 1, 1.0)])  # no /t at all
+                continue
+            put(f, m, [(p, e[1], e[2]) for p, e in files.items()],
+                dirs=[(d, float(rng.choice([0, 0, 3]))) for d in dirs])
+        top = N("/t")
+        for mtime in (True, False):
+            for ref in "abc":
+                cmp = f.compare("/t", mtime=mtime, reference=ref)
+                with ExitStack() as stack:
+                    readers = {n: stack.enter_context(f.members[n].store.read()) for n in "abc"}
+                    want = {n: tally(readers[ref], readers[n], top, mtime) for n in "abc" if n != ref}
+                assert cmp["summary"] == want, (seed, mtime, ref)
+                cut = f.compare("/t", mtime=mtime, reference=ref, limit=1)
+                assert cut["summary"] == want, (seed, mtime, ref)
     finally:
         f.close()
 
@@ -224,3 +281,14 @@ async def test_compare_over_http_takes_a_reference(tmp_path):
         bad = await c.get("/api/v1/views/uploads/compare", params={"reference": "nope"}, headers=Q)
         assert bad.status_code == 400
     await f.stop()
+
+
+@pytest.mark.parametrize("node", [
+    Node(N("/a/f.txt"), False, 12, 3.5, 2.5, 9.0, True, False),
+    Node(N("/a/d"), True, 4096, 1.0, 0.5, 9.0, False, True, True),
+    Node(N("/" + "x" * 250 + "/" + "y" * 200 + "/\udcff"), False, 0, -1.0, 0.0),
+])
+def test_compare_entries_show_a_node_as_tree_does(node):
+    """compare builds its entries from raw records: the same fields as node_json."""
+    name = keys.display(node.path.rsplit(b"/", 1)[-1])
+    assert record_json(node.path_str, name, pack_node(node)) == node_json(node)

@@ -15,10 +15,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from fustor.errors import BadQueryError, FustorError, NotFoundError
-from fustor.fusion.views.fs import FsView, node_json
+from fustor.fusion.views.fs import FsView, record_json
 from fustor.fusion.views.locate import locate
 from fustor.store import Query, keys
-from fustor.store.compare import differing_children, same_subtree, tally
+from fustor.store.compare import Summary, differing_children, same_subtree, tally
+from fustor.store.records import AGG
 
 BEST_FIELDS = ("file_count", "total_size", "latest_mtime", "dir_count")
 EPS = 1e-6
@@ -150,12 +151,21 @@ class ForestView:
             if not any(tops.values()):
                 raise NotFoundError(f"path {path!r} is in no member")
             ref = self._reference(readers, top, reference)
+            counts = None
             if same_subtree(list(readers.values()), top, mtime):
                 more = False  # the usual answer for complete copies, in O(members)
             else:
-                more = self._compare(readers, top, mtime, recursive, limit, after_parts, out)
-            summary = {n: tally(readers[ref], readers[n], top, mtime)
-                       for n in names if n != ref}
+                # a walk that visits every difference (first page, recursive) counts the
+                # summary as it goes; if the limit cuts it short, tally counts on its own
+                if after_parts is None and recursive:
+                    counts = Summary.start(readers, ref, top, mtime)
+                more = self._compare(readers, top, mtime, recursive, limit, after_parts, out,
+                                     counts)
+            if counts is not None and not more:
+                summary = counts.result()
+            else:
+                summary = {n: tally(readers[ref], readers[n], top, mtime)
+                           for n in names if n != ref}
         result = {"path": keys.display(top), "members": names, "differences": out,
                   "next_after": out[-1]["path"] if more and out else None,
                   "reference": ref, "summary": summary}
@@ -175,40 +185,46 @@ class ForestView:
         return max(sorted(readers), key=files)  # ties: the first name
 
     def _compare(self, readers: dict, top: bytes, mtime: bool, recursive: bool, limit: int,
-                 after: list[bytes] | None, out: list[dict]) -> bool:
+                 after: list[bytes] | None, out: list[dict], counts: Summary | None = None) -> bool:
         """Append differences under ``top`` in path order; True when ``limit`` cut the
-        listing short. Descends with a stack of per-directory iterators, so any depth works."""
+        listing short. Descends with a stack of per-directory iterators, so any depth works.
+        Each difference found is also added to ``counts`` (when given)."""
         stack = [differing_children(readers, top, mtime)]
         while stack:
             item = next(stack[-1], None)
             if item is None:
                 stack.pop()
                 continue
-            p, nodes, why, descend = item
+            p, key, have, why, descend = item
+            if counts is not None:
+                counts.add(p, key, have, why)
             parts = p.split(b"/")
             if after is not None and parts < after[: len(parts)]:
                 continue  # this whole subtree comes before the page start
             if after is None or parts > after:
                 if len(out) >= limit:
                     return True
-                aggs = ({n: readers[n].stats(p) for n in nodes} if why == "subtree" else None)
-                out.append(self._entry(readers, p, nodes, why, aggs))
+                out.append(self._entry(readers, p, key, have, why))
             if descend and recursive:
                 stack.append(differing_children(readers, p, mtime))
         return False
 
     @staticmethod
-    def _entry(readers: dict, p: bytes, have: dict, why: str, aggs: dict | None = None) -> dict:
-        """One difference: per member its node (and subtree figures), None where absent."""
+    def _entry(readers: dict, p: bytes, key: bytes, have: dict[str, bytes], why: str) -> dict:
+        """One difference: per member its node (and, for "subtree", the subtree figures),
+        None where absent; ``have`` holds each member's raw node record."""
+        path = keys.display(p)
+        name = keys.display(p.rsplit(b"/", 1)[-1]) if p != keys.ROOT else ""
         per = {}
-        for n in readers:
-            k = have.get(n)
-            if k is None:
+        for n, r in readers.items():
+            rec = have.get(n)
+            if rec is None:
                 per[n] = None
                 continue
-            j = node_json(k)
-            if aggs is not None:
-                j.update(aggs[n].as_dict())
+            j = record_json(path, name, rec)
+            if why == "subtree":
+                fc, dc, size, latest = AGG.unpack_from(r.aggregate_raw(key))[:4]
+                j.update(file_count=fc, dir_count=dc, total_size=size, latest_mtime=latest)
             per[n] = j
-        return {"path": keys.display(p), "difference": why,
+        return {"path": path, "difference": why,
                 "missing_in": sorted(n for n in readers if n not in have), "members": per}

@@ -19,6 +19,7 @@ from fustor.errors import BadQueryError, NotFoundError, PathError, TooManyItemsE
 from fustor.fusion import arbitration as rules
 from fustor.fusion.suspects import SWEEP_CHUNK
 from fustor.store import Node, Store, keys
+from fustor.store.records import AUDIT_SKIPPED, IS_DIR, KNOWN, NODE_HEAD, SUSPECT
 from fustor.store.state import SUSPECT_DIRS
 
 # levels of children one tree answer may nest (JSON encoders stop near 255)
@@ -43,6 +44,25 @@ def node_json(n: Node, only_path: bool = False) -> dict:
     }
     if n.is_dir:
         d["audit_skipped"] = n.audit_skipped
+    return d
+
+
+def record_json(path: str, name: str, record: bytes) -> dict:
+    """:func:`node_json` of a raw node record, for a caller that already holds the path
+    (and name) as text: answers listing many records skip building a ``Node`` each."""
+    f, size, mtime, ctime = NODE_HEAD.unpack_from(record)
+    d = {
+        "name": name,
+        "content_type": "directory" if f & IS_DIR else "file",
+        "path": path,
+        "size": size,
+        "modified_time": mtime,
+        "created_time": ctime,
+        "integrity_suspect": bool(f & SUSPECT),
+        "agent_missing": not f & KNOWN,
+    }
+    if f & IS_DIR:
+        d["audit_skipped"] = bool(f & AUDIT_SKIPPED)
     return d
 
 
