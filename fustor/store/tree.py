@@ -63,6 +63,7 @@ _COUNT = struct.Struct("<q")
 _NODE_HEAD = struct.Struct("<Bqd")  # flags, size, mtime: the head of a node record
 CHILD_COUNT_AT = AGG.size - _COUNT.size  # child_count is the aggregate's last field
 _int = int.from_bytes
+_unpack_agg = AGG.unpack_from
 _entry = ENTRY.pack
 _bits = DOUBLE.pack
 _seed_copy = DIGEST_SEED.copy
@@ -483,29 +484,28 @@ class TreeWriter(TreeReader, StateWrites):
             if self._has_index(parent):
                 self._index_del(parent, path, mtime)
             return 1
-        agg = unpack_agg(self.txn.pop(key, db=dbs.aggregates))
+        f, dc, s, m, dig, dnm, _lca, cc = AGG.unpack_from(self.txn.pop(key, db=dbs.aggregates))
         if self._has_any_index():
             self.txn.delete(key, db=dbs.child_mtimes)
         exact = not self._forget_job_state(path)  # the stored aggregate is the subtree's
-        removed = self._delete_subtree(path, agg if exact else None)
-        self._acc(parent, -agg.file_count, -agg.dir_count, -agg.total_size, None,
-                  agg.latest_mtime, -agg.digest, -agg.digest_nomtime, -1)
+        removed = self._delete_subtree(path, (dc, cc) if exact else None)
+        self._acc(parent, -f, -dc, -s, None, m, -_int(dig, "little"), -_int(dnm, "little"), -1)
         if self._has_index(parent):
-            self._index_del(parent, path, agg.latest_mtime)
+            self._index_del(parent, path, m)
         return removed + 1
 
-    def _delete_subtree(self, path: bytes, agg=None) -> int:
+    def _delete_subtree(self, path: bytes, counts: tuple[int, int] | None = None) -> int:
         """Remove every strict descendant of directory ``path`` from the per-path tables and
-        the name index; returns how many nodes went. ``agg``: the directory's aggregate
-        when it is exact (this job touched nothing under it) — with no subdirectories its
-        descendants are its children, one key range."""
+        the name index; returns how many nodes went. ``counts``: the directory's stored
+        (dir_count, child_count) when they are exact (this job touched nothing under it) —
+        with no subdirectories its descendants are its children, one key range."""
         dbs = self.dbs
         ranges = keys.subtree_ranges(path)
         if ranges[0][1]:
             index.remove_subtree(self, path)  # while the nodes are there to say where names are
             return self._delete_subtree_by_walk(path)
-        if agg is not None and not agg.dir_count:
-            ranges = ranges[:1] if agg.child_count else []
+        if counts is not None and not counts[0]:
+            ranges = ranges[:1] if counts[1] else []
         if ranges and self._may_hold(dbs.suspects):
             for k, v in list(self.iter_subtree(path, dbs.suspects)):
                 self._forget_suspect(k, v)  # while the nodes are there to say file or directory
@@ -723,7 +723,8 @@ class TreeWriter(TreeReader, StateWrites):
                 raw = self.txn.get(key, db=aggdb)
                 if raw is None:
                     raise PathError(f"aggregate of {keys.display(d)!r} is missing")
-                f, dc, s, m, dig, dnm, lca, cc = unpack_agg(raw)
+                f, dc, s, m, dig, dnm, lca, cc = _unpack_agg(raw)  # unpack_agg, inlined
+                dig, dnm = _int(dig, "little"), _int(dnm, "little")
                 cc += e[7]
                 indexed = self._has_index(d)
                 if not indexed and cc >= BIG_DIR:
