@@ -112,6 +112,24 @@ def held(store: Store, fn) -> tuple[float, float]:
     return inside[-1], time.perf_counter() - t
 
 
+def raw_commit_ms(work: Path, n: int = 300) -> float:
+    """Median time of a bare LMDB commit of one put (no fustor code) in ``work``: the floor
+    of any one-row-per-transaction figure on this disk."""
+    import lmdb
+
+    env = lmdb.open(str(work / "raw-commit.lmdb"), subdir=False, map_size=1 << 26)
+    try:
+        samples = []
+        for i in range(n):
+            t = time.perf_counter()
+            with env.begin(write=True) as txn:
+                txn.put(b"k%d" % (i % 10), b"x" * 60)
+            samples.append(time.perf_counter() - t)
+    finally:
+        env.close()
+    return sorted(samples)[n // 2] * 1000
+
+
 def scale(work: Path, big: int, say) -> dict:
     """Issue 13's figures: what one change costs next to ``big`` entries. Each ``*_ms``
     figure is the time the job held the single writer (what stalls every other push);
@@ -127,6 +145,7 @@ def scale(work: Path, big: int, say) -> dict:
     one = [held(st, lambda w, i=i: w.upsert(b"/big/f%08d" % i, False, 100, base + i))[1]
            for i in range(200)]  # rewrites of old entries: the floor of a one-row job
     out["commit_1row_p99_ms"] = round(p99_ms(one), 3)
+    out["commit_raw_lmdb_median_ms"] = round(raw_commit_ms(work), 3)
     samples = [held(st, lambda w, i=i: w.delete(b"/big/f%08d" % i)) for i in range(big - 1, big - 301, -1)]
     out["bigdir_delete_newest_p99_ms"] = round(p99_ms([a for a, _ in samples]), 3)
     out["bigdir_delete_newest_commit_p99_ms"] = round(p99_ms([b for _, b in samples]), 3)
@@ -147,7 +166,8 @@ def scale(work: Path, big: int, say) -> dict:
     st.close()
     say(f"  delete newest p99 {out['bigdir_delete_newest_p99_ms']} ms; "
         f"tmp+rename {out['bigdir_tmp_rename_files_per_s']:,} files/s (job p99 "
-        f"{out['bigdir_tmp_rename_job_p99_ms']} ms; a one-row commit p99 {out['commit_1row_p99_ms']} ms)")
+        f"{out['bigdir_tmp_rename_job_p99_ms']} ms; a one-row commit p99 {out['commit_1row_p99_ms']} ms; "
+        f"a bare LMDB commit here: median {out['commit_raw_lmdb_median_ms']} ms)")
 
     # one job deleting 20,000 directories (rm -rf */build seen by an audit)
     st = Store(work / "dirs.lmdb")
