@@ -55,8 +55,22 @@ def kernel_watches(src) -> int:
 
 
 def settle(src, root, name="zz-settle"):
-    """Every event caused so far has reached the queue (events arrive in order)."""
+    """Every event caused so far has reached the queue (events arrive in order), before
+    anything is drained: the coalescing a test looks at happens in the queue, so a drain
+    that ran while the reader thread was still behind (a loaded machine) would take events
+    out before the ones that absorb them arrive."""
     (root / name).write_text("m")
+    q = src._events
+    marker = b"/" + name.encode()
+
+    def marker_queued():
+        with q._cond:
+            return q.dropped > 0 or any(e.endswith(marker) for e in q._q)
+
+    deadline = time.monotonic() + 30
+    while not marker_queued():
+        assert time.monotonic() < deadline, "the settle marker never reached the queue"
+        time.sleep(0.01)
     return collect(src, has_update("/" + name, is_atomic_write=True))
 
 
