@@ -197,8 +197,9 @@ class Agent:
         self._console_wanted = True
         try:
             async with self._reloading:
-                await self._start_console()  # before the pipes: their watches may take a while
-                await self._start_pipes()
+                # side by side: the console answers while the pipes start, and the pipes do
+                # not wait for the console's server to come up (their first rows go sooner)
+                await asyncio.gather(self._start_console(), self._start_pipes())
             while not self._stop.is_set():
                 self.write_status()
                 if on_tick:

@@ -167,6 +167,7 @@ class AgentPipe:
         self._staged: list[dict] = []
         self._staged_lock = threading.Lock()
         self._drain_lock = threading.Lock()
+        self._rt_in_flight = False  # a realtime push awaits fusion: the drain keeps staging
         self.rows_rejected = 0  # rows fusion named as invalid (it applied the rest)
         self.rows_dropped = 0  # rows fusion refused for good even alone: given up on
         self.last_rejected: str | None = None
@@ -462,13 +463,25 @@ class AgentPipe:
         log.error("pipe %s: %s", self.pipe_id, self.last_error)
 
     def _drain_to_stage(self) -> None:
-        """In a worker thread: move what the watcher has into the stage. One drain at a
-        time, so events keep their order even when a cancelled drain is still running."""
+        """In a worker thread: move what the watcher has into the stage, waiting up to
+        0.2 s for the first event. While a realtime push is in flight it keeps moving
+        what arrives (up to a batch), so the next push carries everything that came
+        during this one; with no push in flight it returns with the first events, which
+        are pushed at once: an idle pipe adds no batching delay, a busy one batches.
+        One drain at a time, so events keep their order even when a cancelled drain is
+        still running."""
         with self._drain_lock:
-            got = self.source.drain(self.s.batch_size, 0.2)
-            if got:
+            while True:
                 with self._staged_lock:
-                    self._staged.extend(got)
+                    room = self.s.batch_size - len(self._staged)
+                if room <= 0:
+                    return
+                got = self.source.drain(room, 0.2)
+                if got:
+                    with self._staged_lock:
+                        self._staged.extend(got)
+                if not self._rt_in_flight:
+                    return
 
     def _take_staged(self) -> list[dict]:
         with self._staged_lock:
@@ -476,25 +489,29 @@ class AgentPipe:
         return out
 
     async def _realtime(self) -> None:
-        drain: asyncio.Future | None = None  # the next drain, running while a push is in flight
-        while True:
-            self._watch_health()
-            if not self._pending_rt:
-                if not self._staged:
-                    if drain is None:
-                        drain = asyncio.ensure_future(asyncio.to_thread(self._drain_to_stage))
-                    await drain
-                    drain = None
-                self._pending_rt = self._take_staged()
-            if not self._pending_rt:
-                continue
-            if drain is None and not self._staged:
-                # the walk of a moved tree and fusion's commit overlap; the drained events
-                # wait in the stage, behind the ones being pushed
-                drain = asyncio.ensure_future(asyncio.to_thread(self._drain_to_stage))
-            await self._push(realtime_events(self._pending_rt), "realtime")
-            self._pending_rt = []
-            self.last_realtime_push = time.time()
+        drain: asyncio.Future | None = None  # the drain running in a worker thread
+        try:
+            while True:
+                self._watch_health()
+                if not self._pending_rt:
+                    if not self._staged:
+                        if drain is None or drain.done():
+                            drain = asyncio.ensure_future(asyncio.to_thread(self._drain_to_stage))
+                        await drain
+                    self._pending_rt = self._take_staged()
+                if not self._pending_rt:
+                    continue
+                self._rt_in_flight = True
+                if drain is None or drain.done():
+                    # what arrives during the push (a moved tree's walk included) is staged
+                    # meanwhile, behind the events being pushed
+                    drain = asyncio.ensure_future(asyncio.to_thread(self._drain_to_stage))
+                await self._push(realtime_events(self._pending_rt), "realtime")
+                self._rt_in_flight = False
+                self._pending_rt = []
+                self.last_realtime_push = time.time()
+        finally:
+            self._rt_in_flight = False
 
     def _watch_health(self) -> None:
         """Events lost → the leader repairs (an audit, which can delete; a snapshot never

@@ -492,14 +492,17 @@ def unknown_row(rel: str) -> dict:
     return {"path": rel, "is_directory": True, "audit_skipped": True}
 
 
-def rechunk(pieces: Iterator[Piece], batch_rows: int) -> Iterator[tuple[list[dict], dict]]:
-    """Batches of exactly ``batch_rows`` rows (the last may be shorter).
+def rechunk(pieces: Iterator[Piece], batch_rows: int,
+            first_rows: int | None = None) -> Iterator[tuple[list[dict], dict]]:
+    """Batches of exactly ``batch_rows`` rows (the last may be shorter); with
+    ``first_rows``, the first batch holds only that many (it reaches fusion sooner).
 
     A piece's cache update travels with the batch holding the piece's last row,
     so a directory is recorded in the cache only together with its last row.
     Closing this generator closes ``pieces`` at once (the walk's workers stop).
     """
     batch_rows = max(1, batch_rows)
+    size = max(1, min(first_rows, batch_rows)) if first_rows else batch_rows
     batch: list[dict] = []
     updates: dict[str, float] = {}
     with closing(pieces):
@@ -509,14 +512,15 @@ def rechunk(pieces: Iterator[Piece], batch_rows: int) -> Iterator[tuple[list[dic
                 continue
             i = 0
             while i < len(rows):
-                take = batch_rows - len(batch)
+                take = size - len(batch)
                 batch.extend(rows[i:i + take])
                 i += take
                 if i >= len(rows):
                     updates.update(cache)
-                if len(batch) >= batch_rows:
+                if len(batch) >= size:
                     yield batch, updates
                     batch, updates = [], {}
+                    size = batch_rows
     if batch or updates:
         yield batch, updates
 

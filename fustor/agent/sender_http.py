@@ -77,8 +77,15 @@ class FusionClient:
         self.reachable: bool | None = None  # None: not asked yet; False: last call had no answer
         self.observe_push: Callable[[float], None] | None = None  # push latency (metrics)
         self.last_answer_at: float | None = None
-        # a transport of its own (tests) carries its own TLS settings
-        verify = tls_context(ca_file) if transport is None else True
+        # a transport of its own (tests) carries its own TLS settings; plain http never
+        # does TLS, so it skips loading the trust store (~45 ms of every agent start) and
+        # gets a context that verifies against no CA at all: it could never accept a peer
+        if transport is not None:
+            verify: ssl.SSLContext | bool = True
+        elif base.scheme == "https" or ca_file:
+            verify = tls_context(ca_file)
+        else:
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout,
                                        transport=transport, verify=verify)
 

@@ -51,6 +51,7 @@ from fustor.agent.scanner import (
 from fustor.agent.watcher import make_watcher
 
 _NO_FILES = NameFilter("\0")  # a name no file has: a walk of directories only
+FIRST_SNAPSHOT_ROWS = 100  # the first snapshot push is small: fusion shows rows at once
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class FsSource:
 
     def _walk(self, start: str | list[tuple[str, int]], *, workers: int, recursive: bool = True,
               mtime_cache: dict[str, float] | None = None, arm: bool = False,
-              accept: NameFilter | None = None) -> Iterator[tuple[list[dict], dict]]:
+              accept: NameFilter | None = None,
+              first_rows: int | None = None) -> Iterator[tuple[list[dict], dict]]:
         w = self._watcher
         armer = w.armer if arm and w.watching else None
         walk = Walk(self.paths, start, accept=accept or self.accept, stats=self._stats,
@@ -100,15 +102,17 @@ class FsSource:
                     mtime_cache=mtime_cache, armer=armer,
                     is_watched=w.watched_before if armer is not None else None)
         whole_tree = start == self.paths.root and recursive
-        with closing(rechunk(iter(walk), self.batch_rows)) as batches:
+        with closing(rechunk(iter(walk), self.batch_rows, first_rows)) as batches:
             yield from batches
         if armer is not None and whole_tree and walk.complete:
             w.armed_walk_done(walk.unwatched)
 
     def snapshot(self) -> Iterator[list[dict]]:
         """Update rows for the whole tree in batches of ``batch_rows`` (the last
-        may be shorter); a directory's row comes before its entries' rows."""
-        with closing(self._walk(self.paths.root, workers=self.scan_workers, arm=True)) as batches:
+        may be shorter, and the first holds at most ``FIRST_SNAPSHOT_ROWS``: the view has
+        rows to show while the walk goes on); a directory's row comes before its entries' rows."""
+        with closing(self._walk(self.paths.root, workers=self.scan_workers, arm=True,
+                                first_rows=FIRST_SNAPSHOT_ROWS)) as batches:
             for rows, _ in batches:
                 yield rows
 

@@ -18,6 +18,7 @@ stored and must mean the same after a restart.
 from __future__ import annotations
 
 import math
+import time
 
 from fustor.errors import PathError
 from fustor.fusion.view_state import ViewState
@@ -32,6 +33,9 @@ MISSING = float("-inf")
 # entries one sweep job settles at most (~7 µs each): the writer is held for a few
 # milliseconds, and a realtime push waits for one chunk, never for the whole sweep
 SWEEP_CHUNK = 1000
+# ... and for at most this long, on a loaded host too (a push queued behind a chunk
+# waits for it: on 2 busy cores a full chunk took tens of ms, the realtime tail)
+SWEEP_BUDGET_S = 0.004
 
 
 def sweep_suspects(w: TreeWriter, st: ViewState, limit: int | None = None) -> int:
@@ -45,12 +49,15 @@ def sweep_suspects(w: TreeWriter, st: ViewState, limit: int | None = None) -> in
     return sweep_chunk(w, st, limit)[0]
 
 
-def sweep_chunk(w: TreeWriter, st: ViewState, limit: int | None = SWEEP_CHUNK) -> tuple[int, bool]:
+def sweep_chunk(w: TreeWriter, st: ViewState, limit: int | None = SWEEP_CHUNK,
+                budget_s: float | None = None) -> tuple[int, bool]:
     """One sweep job: ``(cleared, more)``, where ``more`` says that due entries may remain
-    (the caller queues the next chunk as a new job, so other writes run in between)."""
+    (the caller queues the next chunk as a new job, so other writes run in between).
+    With ``budget_s`` the job also stops once it has run that long."""
     wall = st.now()
     renew_until = wall + st.hot_file_threshold
     cleared = settled = 0
+    until = None if budget_s is None else time.perf_counter() + budget_s
     while True:
         room = None if limit is None else limit - settled
         if room is not None and room <= 0:
@@ -59,6 +66,8 @@ def sweep_chunk(w: TreeWriter, st: ViewState, limit: int | None = SWEEP_CHUNK) -
         if not due:
             return cleared, False
         for path in due:
+            if until is not None and settled & 63 == 63 and time.perf_counter() > until:
+                return cleared, True
             settled += 1
             entry = w.suspect(path)
             if entry is None:

@@ -104,6 +104,7 @@ class FakeFusion:
     for_new_sessions: list[dict] = field(default_factory=list)  # queued on each new session
     task_ids: dict[str, str] = field(default_factory=dict)  # session id -> "agent:pipe"
     gate: asyncio.Event | None = None  # set: snapshot pushes with events wait for it
+    realtime_gate: asyncio.Event | None = None  # set: realtime pushes wait for it
     down: bool = False  # every call is refused
     heartbeat_delay: float = 0.0  # fusion takes this long to answer a heartbeat
     hook: Callable[[Call], None] | None = None  # sees each call first (may set ``down``)
@@ -161,6 +162,9 @@ class FakeFusion:
                 if self.gate is not None and kind == "push" and call.source_type == "snapshot" \
                         and body.get("events"):
                     await self.gate.wait()
+                if self.realtime_gate is not None and kind == "push" \
+                        and call.source_type == "message" and body.get("events"):
+                    await self.realtime_gate.wait()
                 if kind == "heartbeat" and self.heartbeat_delay:
                     await asyncio.sleep(self.heartbeat_delay)
                 resp = self._default(call)
@@ -269,6 +273,38 @@ async def test_snapshot_keeps_three_pushes_in_flight(root, run_pipe):
     fake.gate.set()
     await until(lambda: fake.snapshot_ended("s1"), what="snapshot end")
     assert sorted(fake.accepted_rows("snapshot")) == sorted(tree)
+
+
+async def test_realtime_pushes_at_once_when_idle_and_batches_behind_a_push_in_flight(
+        tmp_path, root, run_pipe):
+    """No batching delay on an idle pipe: the first change is pushed alone, at once. What
+    changes while that push awaits fusion travels together in the very next push."""
+    make_tree(root, dirs=1, files_per_dir=3)
+    fake = FakeFusion()
+    pipe = await run_pipe(make_pipe(root, fake.transport()))
+    await until(lambda: pipe.snapshot_done and pipe.source.status["fully_armed"], what="snapshot")
+    fake.realtime_gate = gate = asyncio.Event()  # fusion now holds every realtime push
+
+    def move_in(name: str) -> None:  # one event per file: written elsewhere, moved in
+        (tmp_path / name).write_bytes(b"x")
+        os.rename(tmp_path / name, root / "d0" / name)
+
+    move_in("first.txt")
+    await until(lambda: fake.pushes("message"), what="the first change pushed")
+    assert [r["path"] for r in fake.pushes("message")[0].rows] == ["/d0/first.txt"]
+    for n, name in enumerate(("a.txt", "b.txt", "c.txt"), 1):
+        move_in(name)
+
+        def staged(n: int = n) -> bool:  # taken off the watcher's queue during the push
+            return pipe.source.status["queued_events"] == 0 and len(pipe._staged) == n
+
+        await until(staged, what=f"{name} staged")
+    assert len(fake.pushes("message")) == 1  # one push at a time: realtime keeps its order
+    gate.set()
+    await until(lambda: len(fake.pushes("message")) >= 2 and all(c.ok for c in fake.pushes("message")),
+                what="the second push")
+    assert [r["path"] for r in fake.pushes("message")[1].rows] == ["/d0/a.txt", "/d0/b.txt", "/d0/c.txt"]
+    assert len(fake.pushes("message")) == 2
 
 
 async def test_503_retry_after_is_honoured(root, run_pipe):

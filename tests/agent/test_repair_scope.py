@@ -59,6 +59,8 @@ def pipe_for(root: Path, transport, **source_kw) -> AgentPipe:
 
 async def test_lost_events_are_repaired_by_an_audit_of_their_directory(root, fusion, run_pipe):
     make_tree(root, dirs=20, files_per_dir=50)  # 1,000 files; the repair must read ~50
+    for i in range(150):
+        (root / "d7" / f"g{i:03d}.txt").write_bytes(b"g")
     slow = CountingFusion(create_app(fusion))
     pipe = await run_pipe(pipe_for(root, slow, max_pending_events=5))
     await until(lambda: fusion.sessions.snapshot_complete("v1") and pipe.snapshot_done,
@@ -67,15 +69,16 @@ async def test_lost_events_are_repaired_by_an_audit_of_their_directory(root, fus
     slow.gate.clear()
     (root / "d0" / "first.txt").write_text("x")  # its push waits at the gate
     await until(lambda: slow.held, what="a realtime push held by the slow fusion")
-    for i in range(40):  # far more events than the queue holds, all in one directory
-        (root / "d7" / f"f{i:03d}.txt").unlink()
+    # far more events than the queue (5) and the next push (100) hold, all in one directory
+    for i in range(150):
+        (root / "d7" / f"g{i:03d}.txt").unlink()
     await until(lambda: pipe.source.status["overflowed"], what="the queue overflowing")
     slow.gate.set()
     await until(lambda: view_stats(fusion) == tree_stats(root), timeout=30,
                 what="the view to lose the deleted files")
-    assert not in_view(fusion, "/d7/f039.txt") and in_view(fusion, "/d7/f049.txt")
+    assert not in_view(fusion, "/d7/g149.txt") and in_view(fusion, "/d7/f049.txt")
     assert fusion.views["v1"].stats("/")["blind_spot_deletions"] >= 30  # the audit's work
-    assert 0 < slow.audit_rows <= 11 + 20, slow.audit_rows  # /d7 listed, not 1,020 rows
+    assert 0 < slow.audit_rows <= 51 + 20, slow.audit_rows  # /d7 listed, not 1,170 rows
 
 
 async def test_a_kernel_queue_overflow_is_repaired_by_a_full_audit(root, fusion, run_pipe):

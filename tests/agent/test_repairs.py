@@ -46,7 +46,7 @@ class SlowFusion(httpx.AsyncBaseTransport):
 
 
 async def test_events_lost_to_overflow_are_repaired_by_a_full_audit_that_deletes(root, fusion, run_pipe):
-    make_tree(root, dirs=2, files_per_dir=40)
+    make_tree(root, dirs=2, files_per_dir=150)
     slow = SlowFusion(create_app(fusion))
     source = FsSource(root, batch_rows=100, scan_workers=2, max_pending_events=5)
     client = FusionClient("http://fusion", INGEST_KEY, timeout=30.0, transport=slow)
@@ -56,17 +56,18 @@ async def test_events_lost_to_overflow_are_repaired_by_a_full_audit_that_deletes
                      source_uri=str(root))
     await run_pipe(pipe)
     await until(lambda: fusion.sessions.snapshot_complete("v1"), what="snapshot complete")
-    assert view_stats(fusion)["file_count"] == 80
+    assert view_stats(fusion)["file_count"] == 300
     slow.gate.clear()
     (root / "d0" / "first.txt").write_text("x")  # its push waits at the gate
     await until(lambda: slow.held, what="a realtime push held by the slow fusion")
-    for i in range(40):  # meanwhile: far more events than the queue holds
+    # meanwhile: far more events than the queue (5) and the next push (100) hold together
+    for i in range(150):
         (root / "d1" / f"f{i:03d}.txt").unlink()
     await until(lambda: source.status.get("overflowed"), what="the queue overflowing")
     slow.gate.set()
     await until(lambda: view_stats(fusion) == tree_stats(root), timeout=30,
                 what="the view to lose the deleted files")
-    assert not in_view(fusion, "/d1/f039.txt") and in_view(fusion, "/d0/first.txt")
+    assert not in_view(fusion, "/d1/f149.txt") and in_view(fusion, "/d0/first.txt")
     # what the overflow lost, the audit found (the few events queued before it came by realtime)
     assert fusion.views["v1"].stats("/")["blind_spot_deletions"] >= 30
 

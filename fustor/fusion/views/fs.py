@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fustor.errors import BadQueryError, NotFoundError, PathError, TooManyItemsError
 from fustor.fusion import arbitration as rules
-from fustor.fusion.suspects import SWEEP_CHUNK
+from fustor.fusion.suspects import SWEEP_BUDGET_S, SWEEP_CHUNK
 from fustor.store import Node, Store, keys
 from fustor.store.records import AUDIT_SKIPPED, IS_DIR, KNOWN, NODE_HEAD, SUSPECT
 from fustor.store.state import SUSPECT_DIRS
@@ -164,14 +164,14 @@ class FsView:
     async def session_start(self) -> None:
         await self.run(rules.session_start)
 
-    async def sweep_suspects(self, chunk: int = SWEEP_CHUNK) -> int:
-        """Settle every due suspect, ``chunk`` entries per write job: each job is queued
-        after the previous one committed, so pushes queued meanwhile go first and wait
-        for one chunk at most. Returns the number cleared."""
+    async def sweep_suspects(self, chunk: int = SWEEP_CHUNK, budget_s: float | None = SWEEP_BUDGET_S) -> int:
+        """Settle every due suspect, ``chunk`` entries (and ``budget_s`` seconds) per write
+        job at most: each job is queued after the previous one committed, so pushes queued
+        meanwhile go first and wait for one chunk at most. Returns the number cleared."""
         cleared = 0
         more = True
         while more:
-            n, more = await self.run(lambda w, st: rules.sweep_chunk(w, st, chunk))
+            n, more = await self.run(lambda w, st: rules.sweep_chunk(w, st, chunk, budget_s))
             cleared += n
         return cleared
 
