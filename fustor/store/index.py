@@ -24,11 +24,13 @@ Four tables (layout and the measurements behind it in ``fustor/store/README.md``
   in a block's filter is not in that block, so a rare or absent literal reads ~4 KiB of
   filter per 16 KiB block instead of the block.
 
-The writer calls :func:`add` when it creates a node, :func:`remove` / :func:`remove_subtree`
-before it deletes nodes, and :func:`flush` at the end of each job, all in the job's
-write transaction. A job's new entries are written at its end, sorted, one put per
-created node (``overwrite=False`` tells a new distinct name for free; a directory's id
-is looked up once per job); the block append is one put per job.
+The writer calls :func:`add` when it creates a node, :func:`remove` for each node it
+deletes (a directory delete then :func:`forget_dirs` for the directories that went, or
+:func:`remove_subtree` for a subtree it walks), and :func:`flush` at the end of each job,
+all in the job's write transaction. A job's removals and new entries are written at its
+end — removals first, grouped by name, then the new entries sorted, one put per created
+node (``overwrite=False`` tells a new distinct name for free); a directory's id is looked
+up once per job, through one cursor; the block append is one put per job.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def fold(name: bytes) -> bytes:
 
 class Pending:
     """What one job changes in the index, applied at its end (:func:`flush`): the node keys
-    it created (in order), new distinct names, names that went, directory ids looked up."""
+    it created (in order), the entries it removed, new distinct names, names that went,
+    directory ids looked up (and the cursor they are looked up with)."""
 
     __slots__ = ("adds", "removes", "new_names", "stale", "ids", "cur")
 
