@@ -6,9 +6,11 @@ suspect-list PUT, an on-demand scan) needs an admin key. See ``fusion/auth.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import unquote_to_bytes
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -126,55 +128,53 @@ SEARCH_DOC = ("A pattern with * ? or [ is a glob on the name (case-insensitive),
               "whole path if it holds /; other text is a case-insensitive part of the name")
 
 
-async def _search(view_id: str, request: Request, pattern: str, path: str, limit: int,
-                  after: str | None, match: str, type_: str, min_size: int | None,
-                  max_size: int | None, min_mtime: float | None, max_mtime: float | None):
+@dataclass
+class SearchParams:
+    """The query parameters of search and locate, declared once. A route takes them as a
+    dependency (``q: Annotated[SearchParams, Depends()]``); FastAPI solves it after the
+    route's key check, so a caller without a key still gets 401 before any 422."""
+
+    pattern: Annotated[str, Query(description=SEARCH_DOC)]
+    path: Annotated[str, Query(description="Search under this directory")] = "/"
+    limit: Annotated[int, Query(ge=1, le=1_000_000, description="Results per page")] = 1000
+    after: Annotated[str | None, Query(
+        description="Page on: the next_after value of the previous page")] = None
+    match: Annotated[str, Query(
+        description="auto (as above), exact (the name), substring or glob")] = "auto"
+    type_: Annotated[str, Query(alias="type", description="f files, d directories, any both")] = "f"
+    min_size: Annotated[int | None, Query(ge=0, description="Size at least (bytes)")] = None
+    max_size: Annotated[int | None, Query(ge=0, description="Size at most (bytes)")] = None
+    min_mtime: Annotated[float | None, Query(
+        description="Modified at or after (seconds since 1970)")] = None
+    max_mtime: Annotated[float | None, Query(
+        description="Modified at or before (seconds since 1970)")] = None
+
+
+async def _search(view_id: str, request: Request, q: SearchParams):
     f, v = _ctx(request, view_id)
-    path = raw_query(request, "path", path)
-    pattern = raw_query(request, "pattern", pattern)
+    path = raw_query(request, "path", q.path)
+    pattern = raw_query(request, "pattern", q.pattern)
     if not isinstance(v, ForestView):
         f.check_ready(v)
-    kind = {"f": "f", "d": "d", "any": None}.get(type_, "?")
+    kind = {"f": "f", "d": "d", "any": None}.get(q.type_, "?")
     return json_response(await run_in_threadpool(
-        v.locate, pattern, path, limit, after, match=match, kind=kind, min_size=min_size,
-        max_size=max_size, min_mtime=min_mtime, max_mtime=max_mtime))
-
-
-PATTERN = Query(..., description=SEARCH_DOC)
-UNDER = Query("/", description="Search under this directory")
-LIMIT = Query(1000, ge=1, le=1_000_000, description="Results per page")
-AFTER = Query(None, description="Page on: the next_after value of the previous page")
-MATCH = Query("auto", description="auto (as above), exact (the name), substring or glob")
-TYPE = Query("f", alias="type", description="f files, d directories, any both")
-MIN_SIZE = Query(None, ge=0, description="Size at least (bytes)")
-MAX_SIZE = Query(None, ge=0, description="Size at most (bytes)")
-MIN_MTIME = Query(None, description="Modified at or after (seconds since 1970)")
-MAX_MTIME = Query(None, description="Modified at or before (seconds since 1970)")
+        v.locate, pattern, path, q.limit, q.after, match=q.match, kind=kind,
+        min_size=q.min_size, max_size=q.max_size, min_mtime=q.min_mtime, max_mtime=q.max_mtime))
 
 
 @router.get("/search", **READ)
-async def search(view_id: str, request: Request, pattern: str = PATTERN, path: str = UNDER,
-                 limit: int = LIMIT, after: str | None = AFTER, match: str = MATCH,
-                 type_: str = TYPE, min_size: int | None = MIN_SIZE,
-                 max_size: int | None = MAX_SIZE, min_mtime: float | None = MIN_MTIME,
-                 max_mtime: float | None = MAX_MTIME):
+async def search(view_id: str, request: Request, q: Annotated[SearchParams, Depends()]):
     """Nodes under path matching pattern, ordered by name, paged: ``{"results": [...],
     "truncated", "next_after"}``. On a forest view: the members' matches merged, as locate."""
-    return await _search(view_id, request, pattern, path, limit, after, match, type_,
-                         min_size, max_size, min_mtime, max_mtime)
+    return await _search(view_id, request, q)
 
 
 @router.get("/locate", **READ)
-async def locate(view_id: str, request: Request, pattern: str = PATTERN, path: str = UNDER,
-                 limit: int = LIMIT, after: str | None = AFTER, match: str = MATCH,
-                 type_: str = TYPE, min_size: int | None = MIN_SIZE,
-                 max_size: int | None = MAX_SIZE, min_mtime: float | None = MIN_MTIME,
-                 max_mtime: float | None = MAX_MTIME):
+async def locate(view_id: str, request: Request, q: Annotated[SearchParams, Depends()]):
     """Where is it: the paths under path matching pattern, each with the forest members
     holding it, whether their size and mtime agree, and which lack it; per member, how many
     matches it holds. On an fs view it is the search."""
-    return await _search(view_id, request, pattern, path, limit, after, match, type_,
-                         min_size, max_size, min_mtime, max_mtime)
+    return await _search(view_id, request, q)
 
 
 @router.get("/blind-spots", **READ)
