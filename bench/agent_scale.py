@@ -40,8 +40,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,17 +49,14 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Proc, free_port, memory, pct, start_fusion, wait_up  # noqa: E402
+
 INGEST_KEY = "bench-scale-ingest"
 QUERY_KEY = "bench-scale-query"
 VIEW = "scale"
 RENAMES = 1000
 FILES_PER_BIG_DIR = 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the tree ---------------------------------------------------------------------------------
@@ -116,41 +111,6 @@ def make_tree(root: Path, dirs: int, files: int) -> dict:
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-class Proc:
-    def __init__(self, args: list[str], home: Path, log: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.log_path = log
-        self._log = open(log, "ab")
-        env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1")
-        self.p = subprocess.Popen([sys.executable, "-m", "fustor.cli", *args], env=env,
-                                  stdout=self._log, stderr=subprocess.STDOUT)
-
-    def check(self) -> None:
-        if self.p.poll() is not None:
-            raise SystemExit(f"{self.p.args[3:5]} exited ({self.p.returncode}):\n"
-                             f"{self.log_path.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self._log.close()
-
-
-def memory(pid: int) -> dict[str, float]:
-    vals = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon", "VmHWM"):
-                vals[k] = round(int(v.split()[0]) / 1024, 1)
-    return vals
 
 
 def write_configs(work: Path, root: Path, port: int, rport: int, console: int) -> tuple[Path, Path]:
@@ -235,11 +195,6 @@ class Watch:
         return last
 
 
-def pct(xs: list[float], p: float) -> float | None:
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(len(s) * p))], 3) if s else None
-
-
 def rename_round(w: Watch, root: Path, pairs: list[tuple[str, str, str]], rate: float | None,
                  deadline_s: float) -> dict:
     """Rename each (top, old, new) in a thread (as fast as it goes, or at ``rate``/s) while
@@ -279,7 +234,7 @@ def rename_round(w: Watch, root: Path, pairs: list[tuple[str, str, str]], rate: 
             time.sleep(0.02)  # a listing costs fusion ~10 ms: polling must not be its load
     finally:
         th.join()
-    return {"p50_s": pct(lat, 0.5), "p99_s": pct(lat, 0.99),
+    return {"p50_s": pct(lat, 0.5, 3, to_ms=False), "p99_s": pct(lat, 0.99, 3, to_ms=False),
             # from the first rename until the view showed the last one
             "last_visible_s": round(last_seen - t0, 3) if lat and not waiting else None,
             "not_visible": len(waiting), "renames_took_s": round(max(t_of.values()) - t0, 3)}
@@ -310,22 +265,15 @@ def main() -> None:
 
         port, rport, console = free_port(), free_port(), free_port()
         fcfg, acfg = write_configs(work, root, port, rport, console)
-        fusion = Proc(["fusion", "serve", "--data", str(work / "data"), "--config", str(fcfg)],
-                      work / "fusion-home", work / "fusion.log")
+        fusion = start_fusion(work / "data", fcfg, work / "fusion-home", work / "fusion.log")
         procs.append(fusion)
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            fusion.check()
-            try:
-                httpx.get(f"http://127.0.0.1:{rport}/", timeout=1)
-                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_up(f"http://127.0.0.1:{rport}/", fusion)
+        wait_up(f"http://127.0.0.1:{port}/", fusion)
 
         say("starting the agent ...")
         t_start = time.monotonic()
-        agent = Proc(["agent", "start", str(acfg)], work / "agent-home", work / "agent.log")
+        agent = Proc(["-m", "fustor.cli", "agent", "start", str(acfg)], work / "agent-home",
+                     work / "agent.log")
         procs.append(agent)
         w = Watch(agent, fusion, console, port)
         w.until(lambda: w.pipe() is not None, 60, "the agent's console", 0.005)
@@ -352,7 +300,7 @@ def main() -> None:
         snap = time.monotonic() - t_start
         out["snapshot_s"] = round(snap, 2)
         out["snapshot_files_per_s"] = round(shape["files"] / snap)
-        out["agent_rss_anon_mb"] = memory(agent.p.pid)["RssAnon"]
+        out["agent_rss_anon_mb"] = memory(agent.pid)["RssAnon"]
         say(f"  armed {out['watched_dirs']:,} dirs after {out['arming_s']} s; snapshot in view "
             f"after {out['snapshot_s']} s ({out['snapshot_files_per_s']:,} files/s); agent "
             f"RssAnon {out['agent_rss_anon_mb']} MiB")
@@ -414,14 +362,14 @@ def main() -> None:
         out["events_coalesced"] = watch.get("events_coalesced")
         out["kernel_or_queue_overflow"] = watch.get("last_overflow_at") is not None
         out["audits_run"] = st.get("audit_cycle_count")
-        mem = memory(agent.p.pid)
+        mem = memory(agent.pid)
         out["agent_rss_mb"] = mem["VmHWM"]
         out["agent_rss_end_mb"] = mem["VmRSS"]
         say(f"agent peak RSS {mem['VmHWM']} MiB (now {mem['VmRSS']}); dropped "
             f"{out['events_dropped']}, coalesced {out['events_coalesced']}, audits {out['audits_run']}")
     finally:
         for p in reversed(procs):
-            p.stop()
+            p.stop(timeout=60)
         print(json.dumps(out) if args.json else json.dumps(out, indent=2), flush=True)
         say(f"removing {work} ...")
         if subprocess.run(["rm", "-rf", str(work)]).returncode != 0:  # faster than rmtree

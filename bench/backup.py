@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import (  # noqa: E402
-    INGEST_KEY,
-    free_port,
-    make_batch,
-    push_all,
-    start_server,
-    wait_up,
-    write_config,
-)
+from common import free_port, start_fusion, wait_up  # noqa: E402
+from ingest import INGEST_KEY, make_batch, push_all, write_config  # noqa: E402
 from treegen import rows  # noqa: E402
 
 
@@ -91,7 +83,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fustor-bench-backup-"))
     port, rport = free_port(), free_port()
     write_config(tmp / "fusion.yaml", port, rport)
-    proc = start_server(tmp / "data", tmp / "fusion.yaml", tmp / "home")
+    proc = start_fusion(tmp / "data", tmp / "fusion.yaml", tmp / "home", tmp / "fusion.log")
     out: dict = {"files": args.files}
     try:
         wait_up(f"http://127.0.0.1:{port}/", proc)
@@ -136,12 +128,7 @@ def main() -> None:
         out["ingest_during_vs_without"] = round(
             out["ingest_rows_per_s_during"] / max(1, out["ingest_rows_per_s_without"]), 2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stop(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(out))

@@ -20,13 +20,12 @@ from chaos_procs import (
     check_batches,
     complete_snapshot,
     ingest_key,
-    pct,
-    proc_mem,
     query_key,
     summary_ms,
     verify_stores,
     wait_for,
 )
+from common import memory, pct
 
 from fustor.store import Store
 from fustor.store.inspect import verify
@@ -183,7 +182,7 @@ async def _overload(site: Site, seconds: float, clients: int, rows: int) -> dict
     until = t0 + seconds
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=site.rurl, timeout=60, limits=limits) as c:
-        rss.append((0.0, proc_mem(pid)["RssAnon"]))
+        rss.append((0.0, memory(pid)["RssAnon"]))
         headers = {"X-API-Key": ingest_key("hot"), "content-type": "application/json"}
 
         async def pusher(t: int) -> None:
@@ -234,7 +233,7 @@ async def _overload(site: Site, seconds: float, clients: int, rows: int) -> dict
         async def sample() -> None:
             while time.monotonic() < until:
                 await asyncio.sleep(0.5)
-                rss.append((time.monotonic() - t0, proc_mem(pid)["RssAnon"]))
+                rss.append((time.monotonic() - t0, memory(pid)["RssAnon"]))
 
         pushers = [asyncio.create_task(pusher(t)) for t in range(clients)]
         await asyncio.gather(query(), sample())
@@ -243,18 +242,18 @@ async def _overload(site: Site, seconds: float, clients: int, rows: int) -> dict
         for task in pushers:
             task.cancel()
         await asyncio.gather(*pushers, return_exceptions=True)
-        rss.append((time.monotonic() - t0, proc_mem(pid)["RssAnon"]))
+        rss.append((time.monotonic() - t0, memory(pid)["RssAnon"]))
     return {
         "window_s": seconds, "clients": clients, "rows_per_push": rows,
         "pushes_ok": stats["ok"], "pushes_503": stats["503"], "codes_503": stats["codes"],
         "retry_after_missing": stats["retry_after_missing"],
         "push_errors": len(stats["other"]), "first_push_errors": stats["other"][:3],
-        "accepted_push_p99_ms": pct(lat_ok, 0.99), "accepted_push_max_ms": pct(lat_ok, 1.0),
+        "accepted_push_p99_ms": pct(lat_ok, 0.99, 1), "accepted_push_max_ms": pct(lat_ok, 1.0, 1),
         "rss_anon_mb_before": rss[0][1], "rss_anon_mb_peak": max(m for _, m in rss),
         "rss_anon_mb_end": rss[-1][1],
         "queries": len(qlat), "query_errors": len(qerr), "first_query_errors": qerr[:3],
-        "query_p50_ms_under_overload": pct(qlat, 0.5),
-        "query_p99_ms_under_overload": pct(qlat, 0.99),
+        "query_p50_ms_under_overload": pct(qlat, 0.5, 1),
+        "query_p99_ms_under_overload": pct(qlat, 0.99, 1),
         "_acked": acked,
     }
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +22,8 @@ import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.e2e: the tree walkers
+from common import Proc, free_port  # noqa: E402
+
 from fustor.store import Store  # noqa: E402
 from fustor.store.inspect import verify  # noqa: E402
 from tests.e2e import tree_diff, walk_fs, walk_view  # noqa: E402
@@ -40,12 +39,6 @@ def ingest_key(pipe: str) -> str:
 
 def query_key(view: str) -> str:
     return f"chaos-query-{view}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broken(Exception):
@@ -65,24 +58,6 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.02):
             return last
         time.sleep(interval)
     raise Broken(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
-def pct(samples: list[float], q: float) -> float | None:
-    """The q-quantile of seconds, in ms."""
-    if not samples:
-        return None
-    s = sorted(samples)
-    return round(s[min(len(s) - 1, int(len(s) * q))] * 1000, 1)
-
-
-def proc_mem(pid: int) -> dict[str, float]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("RssAnon", "VmRSS", "VmHWM"):
-                out[k] = round(int(v.split()[0]) / 1024, 1)
-    return out
 
 
 def open_fds(pid: int) -> int:
@@ -128,52 +103,6 @@ def agent_config(tree: Path, rurl: str, pipe: str, agent_id: str, batch_size: in
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-class Proc:
-    """A child python process whose output goes to a file."""
-
-    def __init__(self, argv: list[str], home: Path, log: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1")
-        with open(log, "ab") as out:
-            self.p = subprocess.Popen([sys.executable, *argv], env=env, stdout=out,
-                                      stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.p.pid
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def kill9(self) -> None:
-        if self.alive():
-            self.p.send_signal(signal.SIGKILL)
-        self.p.wait(timeout=30)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.alive():
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(timeout=30)
-        return self.p.returncode
-
-    def tail(self, n: int = 1500) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError as exc:
-            return f"<{exc}>"
-
-    def tracebacks(self) -> int:
-        try:
-            return self.log.read_text(errors="replace").count("Traceback (most recent call last)")
-        except OSError:
-            return 0
 
 
 class Site:

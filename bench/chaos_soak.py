@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import orjson
-from chaos_procs import OLD, Site, ingest_key, open_fds, pct, proc_mem, query_key, verify_stores
+from chaos_procs import OLD, Site, ingest_key, open_fds, query_key, verify_stores
+from common import memory, pct
 
 
 def soak(work: Path, minutes: float, agents: int = 20, readers: int = 2,
@@ -71,7 +72,7 @@ class _FsyncProbe:
         self._th.join(timeout=30)
 
     def p99_max_ms(self) -> tuple[float | None, float | None]:
-        return pct(self.lat, 0.99), pct(self.lat, 1.0)
+        return pct(self.lat, 0.99, 1), pct(self.lat, 1.0, 1)
 
 
 def _idle_push_p50(site: Site, view: str, n: int = 50) -> float | None:
@@ -88,7 +89,7 @@ def _idle_push_p50(site: Site, view: str, n: int = 50) -> float | None:
             t1 = time.perf_counter()
             c.post(f"/api/v1/pipe/ingest/{sid}/events", content=body).raise_for_status()
             lat.append(time.perf_counter() - t1)
-    return pct(lat, 0.5)
+    return pct(lat, 0.5, 1)
 
 
 def _slope_per_min(samples: list[tuple[float, float]]) -> float | None:
@@ -151,7 +152,7 @@ async def _soak(site: Site, views: dict, seconds: float, readers: int, push_ever
         sids = await asyncio.gather(*(setup(i, v) for i, v in enumerate(names)))
         t0 = time.monotonic()
         until = t0 + seconds
-        samples.append((0.0, proc_mem(pid)["RssAnon"], open_fds(pid)))
+        samples.append((0.0, memory(pid)["RssAnon"], open_fds(pid)))
 
         async def agent(i: int, v: str, sid: str) -> None:
             h = {"X-API-Key": ingest_key(v), "content-type": "application/json"}
@@ -201,21 +202,21 @@ async def _soak(site: Site, views: dict, seconds: float, readers: int, push_ever
             step = max(1.0, seconds / 60)
             while time.monotonic() + step <= until:
                 await asyncio.sleep(step)
-                samples.append((time.monotonic() - t0, proc_mem(pid)["RssAnon"], open_fds(pid)))
+                samples.append((time.monotonic() - t0, memory(pid)["RssAnon"], open_fds(pid)))
 
         await asyncio.gather(*(agent(i, v, s) for i, (v, s) in enumerate(zip(names, sids, strict=True))),
                              *(reader(j) for j in range(readers)), sampler())
-        samples.append((time.monotonic() - t0, proc_mem(pid)["RssAnon"], open_fds(pid)))
+        samples.append((time.monotonic() - t0, memory(pid)["RssAnon"], open_fds(pid)))
     warm = [(s, m) for s, m, _ in samples if s >= seconds * 0.2]  # after the first fifth
     return {
         "minutes": round(seconds / 60, 2), "agents": len(names), "readers": readers,
         "pushes": len(lat["push"]), "push_errors": len(errors["push"]),
         "first_push_errors": errors["push"][:3],
-        "push_p50_ms": pct(lat["push"], 0.5), "push_p99_ms": pct(lat["push"], 0.99),
+        "push_p50_ms": pct(lat["push"], 0.5, 1), "push_p99_ms": pct(lat["push"], 0.99, 1),
         "heartbeats": len(lat["heartbeat"]), "heartbeat_errors": len(errors["heartbeat"]),
-        "heartbeat_p99_ms": pct(lat["heartbeat"], 0.99),
+        "heartbeat_p99_ms": pct(lat["heartbeat"], 0.99, 1),
         "reads": len(lat["read"]), "read_errors": len(errors["read"]),
-        "first_read_errors": errors["read"][:3], "read_p99_ms": pct(lat["read"], 0.99),
+        "first_read_errors": errors["read"][:3], "read_p99_ms": pct(lat["read"], 0.99, 1),
         "rss_anon_mb_start": samples[0][1], "rss_anon_mb_end": samples[-1][1],
         "rss_anon_mb_max": max(m for _, m, _ in samples),
         "rss_anon_slope_mb_per_min": _slope_per_min(warm),

@@ -28,9 +28,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +36,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Proc, cpu_seconds, free_port, memory, pct, start_fusion, wait_up  # noqa: E402
 from treegen import rows  # noqa: E402
 
 INGEST_KEY = "bench-e2e-ingest"
@@ -46,12 +44,6 @@ QUERY_KEY = "bench-e2e-query"
 VIEW = "bench"
 MARKER = ".fustor-bench-tree"  # in the tree's parent: "N files" once generation finished
 CONTENT = bytes(range(64))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the tree ---------------------------------------------------------------------------
@@ -103,48 +95,6 @@ def count_tree(root: Path) -> tuple[int, int, list[str]]:
 
 # -- processes ----------------------------------------------------------------------------
 
-class Proc:
-    def __init__(self, args: list[str], home: Path, log: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.log_path = log
-        self._log = open(log, "ab")
-        env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1")
-        self.p = subprocess.Popen([sys.executable, "-m", "fustor.cli", *args], env=env,
-                                  stdout=self._log, stderr=subprocess.STDOUT)
-
-    def check(self) -> None:
-        if self.p.poll() is not None:
-            raise SystemExit(f"{self.p.args[3:5]} exited ({self.p.returncode}):\n"
-                             f"{self.log_path.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self._log.close()
-
-
-def memory(pid: int) -> dict[str, float]:
-    vals = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon", "VmHWM"):
-                vals[k] = round(int(v.split()[0]) / 1024, 1)
-    return vals
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def write_configs(work: Path, root: Path, port: int, rport: int) -> tuple[Path, Path]:
     fusion = work / "fusion.yaml"
     fusion.write_text(f"""
@@ -173,18 +123,6 @@ pipes:
     return fusion, agent
 
 
-def wait_up(url: str, proc: Proc, deadline_s: float = 60.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        proc.check()
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.02)
-    raise SystemExit(f"{url} did not come up")
-
-
 # -- measurements -------------------------------------------------------------------------
 
 def wait_indexed(q: httpx.Client, files: int, agent: Proc, fusion: Proc, say,
@@ -209,7 +147,7 @@ def wait_indexed(q: httpx.Client, files: int, agent: Proc, fusion: Proc, say,
 
 
 def agent_progress(agent: Proc) -> str:
-    lines = agent.log_path.read_text(errors="replace").strip().splitlines()
+    lines = agent.log.read_text(errors="replace").strip().splitlines()
     return lines[-1][-200:] if lines else "(no agent output)"
 
 
@@ -272,11 +210,6 @@ def realtime_burst(q: httpx.Client, root: Path, n: int, rate: float, settle_s: f
     return n - count, took, settled
 
 
-def pct(samples: list[float], p: float) -> float:
-    s = sorted(samples)
-    return round(s[min(len(s) - 1, int(len(s) * p))] * 1000, 1) if s else float("nan")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=100_000)
@@ -320,8 +253,7 @@ def main() -> None:
 
         port, rport = free_port(), free_port()
         fcfg, acfg = write_configs(work, root, port, rport)
-        fusion = Proc(["fusion", "serve", "--data", str(work / "data"), "--config", str(fcfg)],
-                      work / "fusion-home", work / "fusion.log")
+        fusion = start_fusion(work / "data", fcfg, work / "fusion-home", work / "fusion.log")
         procs.append(fusion)
         wait_up(f"http://127.0.0.1:{port}/", fusion)
         wait_up(f"http://127.0.0.1:{rport}/", fusion)
@@ -329,22 +261,23 @@ def main() -> None:
                          timeout=30)
 
         say("starting the agent; indexing ...")
-        agent = Proc(["agent", "start", str(acfg)], work / "agent-home", work / "agent.log")
+        agent = Proc(["-m", "fustor.cli", "agent", "start", str(acfg)], work / "agent-home",
+                     work / "agent.log")
         procs.append(agent)
-        fusion_cpu0 = cpu_seconds(fusion.p.pid)
+        fusion_cpu0 = cpu_seconds(fusion.pid)
         secs, st = wait_indexed(q, files, agent, fusion, say, args.index_deadline)
         out["index_seconds"] = round(secs, 2)
         out["files_per_s"] = round(files / secs)
-        out["index_agent_cpu_s"] = round(cpu_seconds(agent.p.pid), 1)
-        out["index_fusion_cpu_s"] = round(cpu_seconds(fusion.p.pid) - fusion_cpu0, 1)
-        mem_after_index = memory(agent.p.pid)
+        out["index_agent_cpu_s"] = round(cpu_seconds(agent.pid), 1)
+        out["index_fusion_cpu_s"] = round(cpu_seconds(fusion.pid) - fusion_cpu0, 1)
+        mem_after_index = memory(agent.pid)
         say(f"indexed {st['file_count']:,} files, {st['dir_count']:,} dirs in {secs:.1f} s "
             f"= {files / secs:,.0f} files/s (agent RSS {mem_after_index['VmRSS']} MiB; CPU "
             f"agent {out['index_agent_cpu_s']} s, fusion {out['index_fusion_cpu_s']} s)")
 
         lat, missed = realtime_latency(q, root, leaves, args.samples, 0.002, 10.0)
-        out["realtime_p50_ms"] = pct(lat, 0.5)
-        out["realtime_p99_ms"] = pct(lat, 0.99)
+        out["realtime_p50_ms"] = pct(lat, 0.5, 1)
+        out["realtime_p99_ms"] = pct(lat, 0.99, 1)
         out["realtime_max_ms"] = round(max(lat) * 1000, 1) if lat else None
         out["realtime_timeouts"] = missed
         say(f"realtime create → visible: p50 {out['realtime_p50_ms']} ms, "
@@ -357,7 +290,7 @@ def main() -> None:
         out["burst_settle_s"] = round(settled, 2)
         say(f"realtime lost: {lost} of {args.burst} ({args.burst / took:.0f} creations/s)")
 
-        am, fm = memory(agent.p.pid), memory(fusion.p.pid)
+        am, fm = memory(agent.pid), memory(fusion.pid)
         out["agent_rss_mb"], out["agent_rss_anon_mb"], out["agent_peak_rss_mb"] = \
             am["VmRSS"], am["RssAnon"], am["VmHWM"]
         out["fusion_rss_mb"], out["fusion_rss_anon_mb"], out["fusion_peak_rss_mb"] = \
@@ -366,7 +299,7 @@ def main() -> None:
             f"fusion RSS {fm['VmRSS']} MiB (anon {fm['RssAnon']}, peak {fm['VmHWM']})")
     finally:
         for p in reversed(procs):
-            p.stop()
+            p.stop(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

@@ -26,7 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest import free_port, p99, rss, start_server, timed, wait_up  # noqa: E402
+from common import free_port, memory, pct, start_fusion, timed_gets, wait_up  # noqa: E402
 from treegen import rows  # noqa: E402
 
 from fustor.store import Store, apply_changes  # noqa: E402
@@ -87,7 +87,7 @@ views:
 pipes:
 {pipes}
 """)
-        proc = start_server(work / "data", cfg, work / "home")
+        proc = start_fusion(work / "data", cfg, work / "home", work / "fusion.log")
         url = f"http://127.0.0.1:{port}"
         wait_up(url + "/", proc)
         dirs = sorted({c[1] for c in base if c[2] and c[1].count("/") == 2})
@@ -96,30 +96,32 @@ pipes:
         with httpx.Client(base_url=url, headers={"X-API-Key": QKEY}, timeout=60) as q:
             first = q.get("/api/v1/views/forest/stats", params={"path": "/", "best": "file_count"}).json()
             assert len(first["members"]) == args.members, first
-            out["stats_all_p99_ms"] = p99(timed(q, [
-                f"/api/v1/views/forest/stats?best=file_count&path={rng.choice(dirs)}" for _ in range(n)]))
-            out["tree_best_depth1_p99_ms"] = p99(timed(q, [
+            out["stats_all_p99_ms"] = pct(timed_gets(q, [
+                f"/api/v1/views/forest/stats?best=file_count&path={rng.choice(dirs)}"
+                for _ in range(n)]), 0.99, 3)
+            out["tree_best_depth1_p99_ms"] = pct(timed_gets(q, [
                 f"/api/v1/views/forest/tree?best=file_count&max_depth=1&path={rng.choice(dirs)}"
-                for _ in range(n)]))
+                for _ in range(n)]), 0.99, 3)
             cmp_url = f"/api/v1/views/forest/compare?members=p0,p1&path=/{sub}"
             found = q.get(cmp_url).json()
             out["compare_differences"] = len(found["differences"])
-            out["compare_p99_ms"] = p99(timed(q, [cmp_url] * min(n, 200)))
+            out["compare_p99_ms"] = pct(timed_gets(q, [cmp_url] * min(n, 200)), 0.99, 3)
             all_url = f"/api/v1/views/forest/compare?path=/{sub}&limit=100"
             summary = q.get(all_url).json()["summary"]
             out["compare_all_missing_files"] = sum(v["missing_files"] for v in summary.values())
-            out["compare_all_members_p99_ms"] = p99(timed(q, [all_url] * min(n, 50)))
+            out["compare_all_members_p99_ms"] = pct(timed_gets(q, [all_url] * min(n, 50)), 0.99, 3)
             same_url = "/api/v1/views/forest/compare?members=p0,p2&path=/"
             assert q.get(same_url).json()["differences"] == []
-            same = sorted(timed(q, [same_url] * min(n, 200)))
+            same = sorted(timed_gets(q, [same_url] * min(n, 200)))
             out["compare_identical_ms"] = round(same[len(same) // 2] * 1000, 3)
-            out["compare_identical_p99_ms"] = p99(same)
+            out["compare_identical_p99_ms"] = pct(same, 0.99, 3)
             names = [c[1].rsplit("/", 1)[1] for c in rng.sample(files, min(n, 200))]
             hit = q.get("/api/v1/views/forest/locate", params={"pattern": names[0]}).json()
             out["locate_members_holding"] = len(hit["results"][0]["members"]) if hit["results"] else 0
-            out["locate_p99_ms"] = p99(timed(q, [f"/api/v1/views/forest/locate?pattern={x}&limit=100"
-                                                 for x in names]))
-            out["rss_mb"], out["rss_anon_mb"] = rss(proc.pid)
+            out["locate_p99_ms"] = pct(timed_gets(q, [
+                f"/api/v1/views/forest/locate?pattern={x}&limit=100" for x in names]), 0.99, 3)
+            mem = memory(proc.pid)
+            out["rss_mb"], out["rss_anon_mb"] = mem["VmRSS"], mem["RssAnon"]
         say(f"stats of one path across {args.members} members p99 {out['stats_all_p99_ms']} ms; "
             f"best member's depth-1 tree p99 {out['tree_best_depth1_p99_ms']} ms; compare p0/p1 under "
             f"/{sub} p99 {out['compare_p99_ms']} ms ({out['compare_differences']} differences); all "
@@ -129,9 +131,8 @@ pipes:
             f"p99 {out['locate_p99_ms']} ms; "
             f"RSS {out['rss_mb']} MiB (anon {out['rss_anon_mb']})")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        if proc is not None:
+            proc.stop(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

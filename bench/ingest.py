@@ -10,12 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,16 +21,11 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import free_port, memory, pct, start_fusion, timed_gets, wait_up  # noqa: E402
 from treegen import rows  # noqa: E402
 
 INGEST_KEY = "bench-ingest-key"
 QUERY_KEY = "bench-query-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, port: int, rport: int) -> None:
@@ -48,26 +39,6 @@ views:
 pipes:
   bench: {{receiver: bench, views: [bench], session_timeout_seconds: 60}}
 """)
-
-
-def start_server(data: Path, cfg: Path, home: Path) -> subprocess.Popen:
-    env = dict(os.environ, FUSTOR_HOME=str(home))
-    return subprocess.Popen([sys.executable, "-m", "fustor.cli", "fusion", "serve", "--data", str(data),
-                             "--config", str(cfg)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-
-
-def wait_up(url: str, proc: subprocess.Popen, deadline_s: float = 60.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.02)
-    raise SystemExit("server did not come up")
 
 
 def event_rows(ch) -> dict:
@@ -125,31 +96,6 @@ async def push_all(rurl: str, sid: str, files: int, concurrency: int) -> int:
     return sent
 
 
-def p99(samples: list[float]) -> float:
-    s = sorted(samples)
-    return round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 3)
-
-
-def timed(client: httpx.Client, urls: list[str]) -> list[float]:
-    out = []
-    for u in urls:
-        t = time.perf_counter()
-        r = client.get(u)
-        out.append(time.perf_counter() - t)
-        r.raise_for_status()
-    return out
-
-
-def rss(pid: int) -> tuple[float, float]:
-    vals = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon"):
-                vals[k] = int(v.split()[0]) / 1024
-    return round(vals.get("VmRSS", 0), 1), round(vals.get("RssAnon", 0), 1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=100_000)
@@ -163,7 +109,7 @@ def main() -> None:
     cfg = work / "fusion.yaml"
     write_config(cfg, port, rport)
     url, rurl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rport}"
-    proc = start_server(work / "data", cfg, work / "home")
+    proc = start_fusion(work / "data", cfg, work / "home", work / "fusion.log")
     out: dict = {}
     try:
         wait_up(url + "/", proc)
@@ -201,23 +147,25 @@ def main() -> None:
         collect(tree, 0)
         rng = random.Random(3)
         n = args.queries
-        out["stats_root_p99_ms"] = p99(timed(q, ["/api/v1/views/bench/stats"] * n))
-        out["stats_subtree_p99_ms"] = p99(timed(q, [f"/api/v1/views/bench/stats?path={rng.choice(dirs)}"
-                                                    for _ in range(n)]))
-        out["tree_depth1_p99_ms"] = p99(timed(q, [f"/api/v1/views/bench/tree?max_depth=1&path={rng.choice(dirs)}"
-                                                  for _ in range(n)]))
+        out["stats_root_p99_ms"] = pct(timed_gets(q, ["/api/v1/views/bench/stats"] * n), 0.99, 3)
+        out["stats_subtree_p99_ms"] = pct(timed_gets(q, [
+            f"/api/v1/views/bench/stats?path={rng.choice(dirs)}" for _ in range(n)]), 0.99, 3)
+        out["tree_depth1_p99_ms"] = pct(timed_gets(q, [
+            f"/api/v1/views/bench/tree?max_depth=1&path={rng.choice(dirs)}" for _ in range(n)]),
+            0.99, 3)
         tops = [d for d in dirs if d.count("/") == 1]
-        out["search_p99_ms"] = p99(timed(q, [f"/api/v1/views/bench/search?pattern=*.bam&limit=1000&path={rng.choice(tops)}"
-                                             for _ in range(200)]))
-        out["rss_mb"], out["rss_anon_mb"] = rss(proc.pid)
+        out["search_p99_ms"] = pct(timed_gets(q, [
+            f"/api/v1/views/bench/search?pattern=*.bam&limit=1000&path={rng.choice(tops)}"
+            for _ in range(200)]), 0.99, 3)
+        mem = memory(proc.pid)
+        out["rss_mb"], out["rss_anon_mb"] = mem["VmRSS"], mem["RssAnon"]
         say(f"stats / p99 {out['stats_root_p99_ms']} ms, subtree {out['stats_subtree_p99_ms']} ms, "
             f"tree depth 1 {out['tree_depth1_p99_ms']} ms, search {out['search_p99_ms']} ms; "
             f"server RSS {out['rss_mb']} MiB (anon {out['rss_anon_mb']} MiB)")
 
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        proc.stop(timeout=60)
         t = time.perf_counter()
-        proc = start_server(work / "data", cfg, work / "home")
+        proc = start_fusion(work / "data", cfg, work / "home", work / "fusion.log")
         while True:
             try:
                 r = q.get("/api/v1/views/bench/stats", timeout=1)
@@ -225,18 +173,12 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 pass
-            if proc.poll() is not None:
-                raise SystemExit(proc.stderr.read().decode()[-2000:])
+            proc.check()
             time.sleep(0.005)
         out["restart_to_first_200_ms"] = round((time.perf_counter() - t) * 1000, 1)
         say(f"restart (SIGTERM, start, first full answer): {out['restart_to_first_200_ms']} ms")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        proc.stop(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

@@ -29,9 +29,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,15 +39,12 @@ import httpx
 import orjson
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Proc, cpu_seconds, free_port, memory, pct, start_fusion, wait_up  # noqa: E402
+
 ADMIN_KEY = "bench-admin-key"
 TARGET_P99_MS = 50.0
 HEARTBEAT_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ingest_key(i: int) -> str:
@@ -71,17 +65,11 @@ def write_config(path: Path, views: int, rport: int) -> None:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-def start_fusion(work: Path, cfg: Path, port: int) -> subprocess.Popen:
-    env = dict(os.environ, FUSTOR_HOME=str(work / "home"), FUSTOR_PID_FILE="0")
-    # a file, not a pipe: fusion logs a line per session and must never block on a full pipe
-    log = (work / "fusion.log").open("wb")
-    try:
-        return subprocess.Popen([sys.executable, "-m", "fustor.cli", "fusion", "serve",
-                                 "--data", str(work / "data"), "--config", str(cfg),
-                                 "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        log.close()
+def fusion(work: Path, cfg: Path, port: int) -> Proc:
+    """Fusion on ``port``, its home, data and log (``fusion.log``) in ``work``."""
+    return start_fusion(work / "data", cfg, work / "home", work / "fusion.log",
+                        "--host", "127.0.0.1", "--port", str(port),
+                        env={"FUSTOR_PID_FILE": "0"})
 
 
 def log_errors(work: Path) -> tuple[int, str | None]:
@@ -94,51 +82,6 @@ def log_errors(work: Path) -> tuple[int, str | None]:
     last = next((line for line in reversed(lines) if line and not line[0].isspace()
                  and "Error" in line.split(":", 1)[0]), None) if tb else None
     return len(tb), last
-
-
-def log_tail(work: Path) -> str:
-    try:
-        return (work / "fusion.log").read_text(errors="replace")[-2000:]
-    except OSError:
-        return ""
-
-
-def wait_up(url: str, proc: subprocess.Popen, work: Path, deadline_s: float = 60.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"fusion exited ({proc.returncode}):\n{log_tail(work)}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise SystemExit(f"fusion did not answer {url} within {deadline_s:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def rss_anon_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-def pct(samples: list[float], q: float) -> float | None:
-    if not samples:
-        return None
-    s = sorted(samples)
-    return round(s[min(len(s) - 1, int(len(s) * q))] * 1000, 2)
 
 
 class SimAgent:
@@ -297,8 +240,8 @@ async def read_dashboard(ac: httpx.AsyncClient, calls: int, rate: float, agents:
             bad.append(f"incomplete: {len(agents & seen_a)}/{len(agents)} agents, "
                        f"{len(views & seen_v)}/{len(views)} views")
     out["dashboard_calls"] = len(lat)
-    out["dashboard_p50_ms"] = pct(lat, 0.50)
-    out["dashboard_p99_ms"] = pct(lat, 0.99)
+    out["dashboard_p50_ms"] = pct(lat, 0.50, 2)
+    out["dashboard_p99_ms"] = pct(lat, 0.99, 2)
     out["dashboard_max_ms"] = round(max(lat) * 1000, 2) if lat else None
     out["dashboard_errors"] = len(bad)
     out["dashboard_first_errors"] = bad[:3]
@@ -340,12 +283,6 @@ async def _fleet(conn, agents: list[int], views: int, rows: int, rurl: str) -> N
         conn.send(("done", lat, errors, time.process_time() - cpu))
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_fleet(args, rurl: str) -> list[tuple]:
     ctx = mp.get_context("spawn")
     procs = []
@@ -359,6 +296,15 @@ def start_fleet(args, rurl: str) -> list[tuple]:
         p.start()
         procs.append((p, parent))
     return procs
+
+
+def stop_fleet(fleet: list[tuple]) -> None:
+    for p, conn in fleet:
+        conn.close()  # a child still waiting for its deadline sees EOF and ends
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=10)
 
 
 def recv(conn, timeout: float, what: str):
@@ -400,11 +346,11 @@ async def measure(args, url: str, fusion_pid: int, fleet: list[tuple]) -> dict:
         hb_err = [x for d in done for x in d[2]]
         out["heartbeats"] = len(hb_lat)
         out["heartbeats_expected"] = int(args.agents * args.seconds / HEARTBEAT_S)
-        out["heartbeat_p50_ms"] = pct(hb_lat, 0.50)
-        out["heartbeat_p99_ms"] = pct(hb_lat, 0.99)
+        out["heartbeat_p50_ms"] = pct(hb_lat, 0.50, 2)
+        out["heartbeat_p99_ms"] = pct(hb_lat, 0.99, 2)
         out["heartbeat_errors"] = len(hb_err)
         out["heartbeat_first_errors"] = hb_err[:3]
-        out["command_p99_ms"] = pct(cmd_lat, 0.99)
+        out["command_p99_ms"] = pct(cmd_lat, 0.99, 2)
         out["command_errors"] = len(cmd_err)
         out["command_first_errors"] = cmd_err[:3]
         d = (await reader.get("/api/v1/management/dashboard")).json()
@@ -434,19 +380,18 @@ def main() -> None:
     cfg = work / "fusion.yaml"
     write_config(cfg, args.views, rport)
     url, rurl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rport}"
-    proc = start_fusion(work, cfg, port)
+    proc = fusion(work, cfg, port)
     fleet: list[tuple] = []
     try:
-        wait_up(url + "/", proc, work)
-        wait_up(rurl + "/", proc, work)
+        wait_up(url + "/", proc)
+        wait_up(rurl + "/", proc)
         say(f"{args.agents} agents on {args.views} views: sessions and snapshots of {args.rows} "
             f"files each, then heartbeats 1/s and {args.rate:g} dashboard calls/s for "
             f"{args.seconds:g} s ...")
         fleet = start_fleet(args, rurl)
         out = asyncio.run(measure(args, url, proc.pid, fleet))
-        if proc.poll() is not None:
-            raise SystemExit(f"fusion exited during the run:\n{log_tail(work)}")
-        out["rss_anon_mb"] = rss_anon_mb(proc.pid)
+        proc.check()
+        out["rss_anon_mb"] = memory(proc.pid)["RssAnon"]
         out["fusion_tracebacks"], out["fusion_last_exception"] = log_errors(work)
         ok = out["dashboard_p99_ms"] is not None and out["dashboard_p99_ms"] < TARGET_P99_MS
         out["dashboard_p99_target_met"] = ok
@@ -469,13 +414,8 @@ def main() -> None:
             say("NOTE: fewer heartbeats than planned: the simulated fleet (or the machine) did "
                 "not keep up, so the figures above are not fusion's alone")
     finally:
-        for p, conn in fleet:
-            conn.close()  # a child still waiting for the deadline sees EOF and ends
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=10)
-        stop(proc)
+        stop_fleet(fleet)
+        proc.stop(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

@@ -26,18 +26,14 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from store import ingest, rss_anon_mb  # noqa: E402
+from common import memory, pct  # noqa: E402
+from store import ingest  # noqa: E402
 from treegen import EXTS, rows  # noqa: E402
 
 from fustor.fusion.views.locate import locate  # noqa: E402
 from fustor.store import Query, Store, apply_changes, index  # noqa: E402
 
 LIMIT = 100
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return round(s[min(len(s) - 1, int(len(s) * q))] * 1000, 3)
 
 
 def run(store: Store, patterns, path=b"/", limit=LIMIT, **kw) -> tuple[list[float], list[int], set]:
@@ -159,13 +155,13 @@ def main() -> None:
         }
         for kind, (pats, kw) in kinds.items():
             t, c, plans = run(store, pats, **kw)
-            out[f"{kind}_p50_ms"], out[f"{kind}_p99_ms"] = pct(t, 0.5), pct(t, 0.99)
+            out[f"{kind}_p50_ms"], out[f"{kind}_p99_ms"] = pct(t, 0.5, 3), pct(t, 0.99, 3)
             say(f"{kind:18} p50 {out[f'{kind}_p50_ms']:8} ms  p99 {out[f'{kind}_p99_ms']:8} ms  "
                 f"results/query min {min(c)} max {max(c)}  plans {sorted(plans)}")
         for kind, (pats, kw) in nomatch.items():
             t, c, plans = run(store, pats, **kw)
             assert not any(c)
-            out[f"no_match_{kind}_p99_ms"] = pct(t, 0.99)
+            out[f"no_match_{kind}_p99_ms"] = pct(t, 0.99, 3)
             say(f"no match {kind:14} p99 {out[f'no_match_{kind}_p99_ms']:8} ms  plans {sorted(plans)}")
         out["no_match_p99_ms"] = max(v for k, v in out.items() if k.startswith("no_match_"))
 
@@ -179,7 +175,7 @@ def main() -> None:
                 f = r.search(f"*{rng.choice(EXTS)}", next(it), LIMIT)
             times.append(time.perf_counter() - t)
             plans.add(f.plan)
-        out["suffix_glob_under_top_p99_ms"] = pct(times, 0.99)
+        out["suffix_glob_under_top_p99_ms"] = pct(times, 0.99, 3)
         say(f"suffix glob under a top dir p99 {out['suffix_glob_under_top_p99_ms']} ms plans {sorted(plans)}")
 
         # paging: the pages of '*.bam' under one top-level directory, all of them
@@ -206,11 +202,11 @@ def main() -> None:
             got = locate(members, Query(pat, b"/"), None, 100)
             times.append(time.perf_counter() - t)
             assert all(len(e["members"]) == 10 for e in got["results"])
-        out["locate_rare_10_members_p99_ms"] = pct(times, 0.99)
+        out["locate_rare_10_members_p99_ms"] = pct(times, 0.99, 3)
         say(f"locate a rare name over 10 members p99 {out['locate_rare_10_members_p99_ms']} ms")
         for m in members.values():
             m.store.close()
-        out["rss_anon_mb"] = round(rss_anon_mb(), 1)
+        out["rss_anon_mb"] = memory()["RssAnon"]
         store.close()
     finally:
         if not args.dir:

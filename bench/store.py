@@ -26,25 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import memory, pct, timed  # noqa: E402
 from treegen import dict_tree_ingest, rows  # noqa: E402
 
 from fustor.store import Store, apply_changes, normalise  # noqa: E402
 from fustor.store.inspect import verify  # noqa: E402
 
 BATCH = 1000
-
-
-def rss_anon_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def p99_ms(samples: list[float]) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(len(s) * 0.99))] * 1000
 
 
 def ingest(store: Store, changes, progress=None) -> tuple[int, float]:
@@ -68,15 +56,6 @@ def ingest(store: Store, changes, progress=None) -> tuple[int, float]:
     for f in pending:
         f.result()
     return n, time.perf_counter() - t0
-
-
-def timed(fn, count: int) -> list[float]:
-    out = []
-    for _ in range(count):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def fill(store: Store, gen, per_job: int = 20_000) -> None:
@@ -144,11 +123,11 @@ def scale(work: Path, big: int, say) -> dict:
     fill(st, (lambda w, i=i: w.upsert(b"/big/f%08d" % i, False, 100, base + i) for i in range(big)))
     one = [held(st, lambda w, i=i: w.upsert(b"/big/f%08d" % i, False, 100, base + i))[1]
            for i in range(200)]  # rewrites of old entries: the floor of a one-row job
-    out["commit_1row_p99_ms"] = round(p99_ms(one), 3)
+    out["commit_1row_p99_ms"] = pct(one, 0.99, 3)
     out["commit_raw_lmdb_median_ms"] = round(raw_commit_ms(work), 3)
     samples = [held(st, lambda w, i=i: w.delete(b"/big/f%08d" % i)) for i in range(big - 1, big - 301, -1)]
-    out["bigdir_delete_newest_p99_ms"] = round(p99_ms([a for a, _ in samples]), 3)
-    out["bigdir_delete_newest_commit_p99_ms"] = round(p99_ms([b for _, b in samples]), 3)
+    out["bigdir_delete_newest_p99_ms"] = pct([a for a, _ in samples], 0.99, 3)
+    out["bigdir_delete_newest_commit_p99_ms"] = pct([b for _, b in samples], 0.99, 3)
     # rsync-style: a hidden temp file (the newest entry), then its rename to the final name
     # (one file per transaction: the temp file's creation and its rename in one job)
     n = 1000
@@ -160,7 +139,7 @@ def scale(work: Path, big: int, say) -> dict:
         jobs.append(held(st, lambda w, tmp=tmp, final=final, now=now: (
             w.upsert(tmp, False, 10, now), w.flush(), w.delete(tmp), w.upsert(final, False, 10, now)))[0])
     out["bigdir_tmp_rename_files_per_s"] = round(n / (time.perf_counter() - t))
-    out["bigdir_tmp_rename_job_p99_ms"] = round(p99_ms(jobs), 3)
+    out["bigdir_tmp_rename_job_p99_ms"] = pct(jobs, 0.99, 3)
     with st.read() as r:
         assert r.stats(b"/big").latest_mtime == base + big + n - 1
     st.close()
@@ -187,7 +166,7 @@ def scale(work: Path, big: int, say) -> dict:
                               w.upsert(long + b"/small%03d/b" % i, False, 1, base)) for i in range(50)))
     samples = [held(st, lambda w, i=i: w.delete(long + b"/small%03d" % i))[0] for i in range(50)]
     out["longparent_delete_ms"] = round(sorted(samples)[len(samples) // 2] * 1000, 3)
-    out["longparent_delete_p99_ms"] = round(p99_ms(samples), 3)
+    out["longparent_delete_p99_ms"] = pct(samples, 0.99, 3)
     st.close()
     say(f"  delete a 3-node directory under a long parent shared by {big:,} files: "
         f"median {out['longparent_delete_ms']} ms, p99 {out['longparent_delete_p99_ms']} ms")
@@ -200,7 +179,7 @@ def scale(work: Path, big: int, say) -> dict:
               for i in range(big)))
     first, _ = held(st, lambda w: w.purge_tombstones(wall - 3600))  # purges the 1,000 expired
     samples = [held(st, lambda w: w.purge_tombstones(wall - 3600))[0] for _ in range(50)]
-    out["audit_end_1m_tombstones_ms"] = round(p99_ms(samples), 3)
+    out["audit_end_1m_tombstones_ms"] = pct(samples, 0.99, 3)
     out["audit_end_1k_expired_of_1m_tombstones_ms"] = round(first * 1000, 3)
     with st.read() as r:
         assert r.count(r.dbs.tombstones) == big - 1000
@@ -258,34 +237,28 @@ def main() -> None:
                     leaves.append(d)
         q = args.queries
 
-        def stats_root():
+        def stats(path):
             with store.read() as r:
-                r.stats(b"/")
+                r.stats(path)
 
         sub = [rng.choice(dirs) for _ in range(q)]
-        it = iter(sub)
+        leaf_paths = [rng.choice(leaves) for _ in range(q)]
 
-        def stats_sub():
+        def list_children(path):
             with store.read() as r:
-                r.stats(next(it))
-
-        leaf_it = iter([rng.choice(leaves) for _ in range(q)])
-
-        def list_children():
-            with store.read() as r:
-                r.children(next(leaf_it), limit=1000)
+                r.children(path, limit=1000)
 
         tops = [d for d in dirs if d.count(b"/") == 1]
-        top_it = iter([rng.choice(tops) for _ in range(200)])
+        top_paths = [rng.choice(tops) for _ in range(200)]
 
-        def search():
+        def search(path):
             with store.read() as r:
-                r.search("*.bam", next(top_it), limit=1000)
+                r.search("*.bam", path, limit=1000)
 
-        out["stats_root_p99_ms"] = round(p99_ms(timed(stats_root, q)), 3)
-        out["stats_subtree_p99_ms"] = round(p99_ms(timed(stats_sub, q)), 3)
-        out["list_children_p99_ms"] = round(p99_ms(timed(list_children, q)), 3)
-        out["search_p99_ms"] = round(p99_ms(timed(search, 200)), 3)
+        out["stats_root_p99_ms"] = pct(timed(stats, [b"/"] * q), 0.99, 3)
+        out["stats_subtree_p99_ms"] = pct(timed(stats, sub), 0.99, 3)
+        out["list_children_p99_ms"] = pct(timed(list_children, leaf_paths), 0.99, 3)
+        out["search_p99_ms"] = pct(timed(search, top_paths), 0.99, 3)
         t = time.perf_counter()
         with store.read() as r:
             everywhere = len(r.search("f0042_", b"/", limit=None).nodes)
@@ -305,7 +278,7 @@ def main() -> None:
         assert again == files
         out["disk_bytes_per_file"] = round(path.stat().st_size / max(files, 1), 1)
         gc.collect()
-        out["rss_anon_mb"] = round(rss_anon_mb(), 1)
+        out["rss_anon_mb"] = memory()["RssAnon"]
         say(f"reopen + first stats {out['reopen_ms']} ms; disk {out['disk_bytes_per_file']} bytes/file; "
             f"RssAnon {out['rss_anon_mb']} MiB")
         t = time.perf_counter()

@@ -33,15 +33,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import free_port, pct, wait_up  # noqa: E402
 from management import (  # noqa: E402
     ADMIN_KEY,
-    free_port,
-    log_tail,
+    fusion,
     recv,
     start_fleet,
-    start_fusion,
-    stop,
-    wait_up,
+    stop_fleet,
     write_config,
 )
 
@@ -49,13 +47,6 @@ FIRST_PAINT_TARGET_MS = 500.0
 REFRESH_P99_TARGET_MS = 200.0
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def pct_ms(samples: list[float], q: float) -> float | None:
-    if not samples:
-        return None
-    s = sorted(samples)
-    return round(s[min(len(s) - 1, int(len(s) * q))], 1)
 
 
 def overview_drawn(page, agents: int, views: int, timeout_ms: float = 20_000) -> None:
@@ -118,8 +109,8 @@ def refreshes(browser, url: str, args, fleet: list[tuple]) -> tuple[list[float],
             "({agents: document.querySelectorAll('table.agents tbody tr').length, "
             "views: document.querySelectorAll('table.views tbody tr').length, "
             "stale: document.querySelector('.overview').dataset.stale})")
-        shown["render_p50_ms"] = pct_ms(renders, 0.50)
-        shown["render_p99_ms"] = pct_ms(renders, 0.99)
+        shown["render_p50_ms"] = pct(renders, 0.50, 1, to_ms=False)
+        shown["render_p99_ms"] = pct(renders, 0.99, 1, to_ms=False)
         return samples, shown
     finally:
         ctx.close()
@@ -149,13 +140,13 @@ def main() -> None:
     cfg = work / "fusion.yaml"
     write_config(cfg, args.views, rport)
     url, rurl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rport}"
-    proc = start_fusion(work, cfg, port)
+    proc = fusion(work, cfg, port)
     fleet: list[tuple] = []
     out: dict = {"agents": args.agents, "views": args.views, "runs": args.runs,
                  "seconds": args.seconds, "cores": os.cpu_count()}
     try:
-        wait_up(url + "/", proc, work)
-        wait_up(rurl + "/", proc, work)
+        wait_up(url + "/", proc)
+        wait_up(rurl + "/", proc)
         say(f"{args.agents} simulated agents on {args.views} views: sessions, snapshots, a "
             "first heartbeat ...")
         fleet = start_fleet(args, rurl)
@@ -177,11 +168,10 @@ def main() -> None:
                 browser.close()
         for _, c in fleet:
             recv(c, 120, "figures")
-        if proc.poll() is not None:
-            raise SystemExit(f"fusion exited during the run:\n{log_tail(work)}")
+        proc.check()
         out["refreshes"] = len(samples)
-        out["refresh_p50_ms"] = pct_ms(samples, 0.50)
-        out["refresh_p99_ms"] = pct_ms(samples, 0.99)
+        out["refresh_p50_ms"] = pct(samples, 0.50, 1, to_ms=False)
+        out["refresh_p99_ms"] = pct(samples, 0.99, 1, to_ms=False)
         out["refresh_max_ms"] = round(max(samples), 1) if samples else None
         out["render_p50_ms"] = shown.pop("render_p50_ms")
         out["render_p99_ms"] = shown.pop("render_p99_ms")
@@ -200,13 +190,8 @@ def main() -> None:
             f"on the page: {shown['agents']} agents, {shown['views']} views, stale "
             f"{shown['stale']}")
     finally:
-        for p, conn in fleet:
-            conn.close()  # a child still waiting for its deadline sees EOF and ends
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=10)
-        stop(proc)
+        stop_fleet(fleet)
+        proc.stop(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

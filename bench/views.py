@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest import free_port, rss, wait_up  # noqa: E402
+from common import Proc, free_port, memory, start_fusion, wait_up  # noqa: E402
 
 ADMIN = "views-bench-admin"
 
@@ -46,16 +45,13 @@ def write_config(path: Path, views: int, port: int, rport: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def start(data: Path, cfg: Path, home: Path, log: Path, soft: int, hard: int | None) -> subprocess.Popen:
+def start(data: Path, cfg: Path, home: Path, log: Path, soft: int, hard: int | None) -> Proc:
     def limit() -> None:  # in the child, before exec
         h = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if hard is None else hard
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, h), h))
 
-    env = dict(os.environ, FUSTOR_HOME=str(home), FUSTOR_PID_FILE="0")
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "fustor.cli", "fusion", "serve", "--data",
-                                 str(data), "--config", str(cfg)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=limit)
+    log.unlink(missing_ok=True)  # the log's figures are those of the last start
+    return start_fusion(data, cfg, home, log, env={"FUSTOR_PID_FILE": "0"}, preexec_fn=limit)
 
 
 def row(i: int, j: int) -> dict:
@@ -143,14 +139,14 @@ def main() -> None:
             wait_up(f"http://127.0.0.1:{port}/", proc)
             out[attempt] = round(time.perf_counter() - t0, 3)
             if attempt == "first_start_s":
-                proc.terminate()
-                proc.wait(30)
+                proc.stop(timeout=30)
         wait_up(f"http://127.0.0.1:{rport}/", proc)
         pid = proc.pid
         out["soft_limit_running"] = int(next(
             ln.split()[3] for ln in Path(f"/proc/{pid}/limits").read_text().splitlines()
             if ln.startswith("Max open files")))
-        out["rss_mib"], out["rss_anon_mib"] = rss(pid)
+        mem = memory(pid)
+        out["rss_mib"], out["rss_anon_mib"] = mem["VmRSS"], mem["RssAnon"]
         out["fds_at_start"] = len(os.listdir(f"/proc/{pid}/fd"))
         out["reported"] = fd_metrics(f"http://127.0.0.1:{port}")
         res = asyncio.run(connections(f"http://127.0.0.1:{rport}", args.agents, args.views))
@@ -160,17 +156,12 @@ def main() -> None:
         out["all_answered_cleanly"] = sum(v for k, v in res["outcomes"].items()
                                           if k in ("ok", "json503")) == args.agents
         out["fds_after"] = len(os.listdir(f"/proc/{pid}/fd"))
-        out["server_alive"] = proc.poll() is None
+        out["server_alive"] = proc.alive()
         text = log.read_text(errors="replace")
         out["too_many_open_files_log_lines"] = text.count("Too many open files")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            proc.stop(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=None if args.json else 2))
 
