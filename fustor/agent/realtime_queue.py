@@ -221,6 +221,14 @@ class RealtimeQueue:
                     break
         return out
 
+    def queued(self, path: str) -> bool:
+        """Whether an event for the view path ``path`` (of any kind) waits to be drained.
+        It only reads the queue: a way to know an event has reached it, as tests do."""
+        p = os.fsencode(path)
+        with self._cond:
+            return any(len(e) - (_UPDATE_HEAD if e[0] & KIND_MASK == UPDATE else _HEAD) == len(p)
+                       and e.endswith(p) for e in self._q)
+
     def __len__(self) -> int:
         return len(self._q)
 

@@ -247,6 +247,11 @@ class FsSource:
     def clear_overflow(self) -> None:
         self._events.take_lost()
 
+    def queued(self, path: str) -> bool:
+        """Whether a realtime event for the view path ``path`` waits in the queue, not yet
+        drained (see :meth:`RealtimeQueue.queued`)."""
+        return self._events.queued(path)
+
     @property
     def status(self) -> dict:
         w = self._watcher

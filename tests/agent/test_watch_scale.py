@@ -60,12 +60,9 @@ def settle(src, root, name="zz-settle"):
     that ran while the reader thread was still behind (a loaded machine) would take events
     out before the ones that absorb them arrive."""
     (root / name).write_text("m")
-    q = src._events
-    marker = b"/" + name.encode()
 
     def marker_queued():
-        with q._cond:
-            return q.dropped > 0 or any(e.endswith(marker) for e in q._q)
+        return src.queued("/" + name) or src.status["events_dropped"] > 0
 
     deadline = time.monotonic() + 30
     while not marker_queued():
@@ -262,6 +259,18 @@ def test_lost_events_name_the_directories_to_re_audit():
     assert q.take_lost() == [("/c", False), ("/d/e", False), ("/new", False),
                              ("/new/tree", True)]
     assert not q.overflowed and q.take_lost() is None
+
+
+def test_queued_answers_for_the_exact_path_until_it_is_drained():
+    q = RealtimeQueue()
+    q.put_update("/a/b", 1, 1.0, 1.0, False)
+    q.put_delete("/c")
+    q.put_tree("/d")
+    assert q.queued("/a/b") and q.queued("/c") and q.queued("/d")
+    assert not q.queued("/b") and not q.queued("/a") and not q.queued("/x/a/b")
+    assert len(q) == 3  # asking takes nothing
+    q.take(10, 0)
+    assert not q.queued("/a/b") and not q.queued("/c") and not q.queued("/d")
 
 
 # -- coalescing, with the real watcher -------------------------------------------------------
