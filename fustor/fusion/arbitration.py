@@ -407,13 +407,14 @@ class _Event:
             if old is None and cap is not None and not cap.allow(path):
                 return False
             atomic = row.get("is_atomic_write", True) is not False
+            was_suspect = old is not None and old.integrity_suspect
             w.upsert(
                 path, is_dir, size, mtime, ctime, last_updated_at=wall,
                 integrity_suspect=not atomic, known_by_agent=True, audit_skipped=skipped,
-                audit_mark=old.audit_mark if switch else None,
+                audit_mark=old.audit_mark if switch else None, current=old,
             )
             if atomic:
-                if old is not None and old.integrity_suspect and not switch:
+                if was_suspect and not switch:
                     w.delete_suspect(path)
             else:  # partial write: suspect for a full threshold from now, renewed each time
                 w.put_suspect(path, wall + T, mtime)
@@ -451,12 +452,14 @@ class _Event:
                 known = True
             if age >= T:
                 suspect = False
+        was_suspect = old is not None and old.integrity_suspect
         w.upsert(
             path, is_dir, size, mtime, ctime,
             # a type switch creates a new node; it keeps the old realtime confirmation
             last_updated_at=old.last_updated_at if switch else None,
             integrity_suspect=suspect, known_by_agent=known, audit_skipped=skipped,
             audit_mark=st.audit_cycle if audit else (old.audit_mark if switch else None),
+            current=old,
         )
         if audit and is_dir:
             w.add_audit_dir(path)
@@ -476,7 +479,7 @@ class _Event:
                 w.put_suspect(path, wall + (T if life > T else (life if life > 0 else 0.0)), mtime)
             elif entry[1] == MISSING:  # the scan saw the file: drop the sentinel's report
                 w.put_suspect(path, entry[0], mtime)
-        elif suspect is False and old is not None and old.integrity_suspect and not switch:
+        elif suspect is False and was_suspect and not switch:
             w.delete_suspect(path)
         return True
 

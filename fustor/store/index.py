@@ -153,7 +153,7 @@ def _put_entries(w, p: Pending) -> None:
             put(f, v, db=names)
 
 
-def _known_id(w, p: Pending, prefix: bytes) -> bytes | None:
+def known_id(w, p: Pending, prefix: bytes) -> bytes | None:
     """``dir_id`` of ``prefix`` for a removal, remembered for the rest of the job."""
     d = p.ids.get(prefix)
     if d is None:
@@ -174,7 +174,7 @@ def remove(w, key: bytes) -> None:
         return
     i = key.index(b"\0") + 1
     prefix, name = key[:i], key[i:]
-    d = _known_id(w, p, prefix)
+    d = known_id(w, p, prefix)
     if d is not None:
         f = name.lower() if name.isascii() else fold(name)
         p.removes.append((f, d if f == name else d + name))
@@ -227,7 +227,7 @@ def forget_dirs(w, dirs: list[bytes]) -> None:
 def forget_ids(w, prefixes: list[bytes]) -> None:
     p = w.index_pending
     for prefix in prefixes:  # after the entries: they are found through these ids
-        d = _known_id(w, p, prefix)
+        d = known_id(w, p, prefix)
         if d is not None:
             del p.ids[prefix]
             w.txn.delete(d, db=w.dbs.name_dirs)

@@ -279,6 +279,9 @@ def _index_value(name: bytes, mtime: float) -> bytes:
     return sortable_float(mtime) + name
 
 
+_READ = object()  # upsert(current=...) not given: read the node
+
+
 class TreeWriter(TreeReader, StateWrites):
     """Write primitives inside one write transaction; call :meth:`flush` before commit."""
 
@@ -316,10 +319,13 @@ class TreeWriter(TreeReader, StateWrites):
         known_by_agent: bool | None = None,
         audit_skipped: bool | None = None,
         audit_mark: int | None = None,
+        current: Node | None | object = _READ,
     ) -> Node:
         """Create or update the node at ``path``; missing parents are created as empty
         directories, and a node of the other type at ``path`` is removed first.
-        Flags left ``None`` keep their stored value (``False``/0 for a new node)."""
+        Flags left ``None`` keep their stored value (``False``/0 for a new node).
+        ``current``: the node at ``path`` (or None) as the caller just read it in this
+        job, which saves reading it again; it is updated in place."""
         nodes = self.dbs.nodes
         # keys.node_key and keys.parent_of from one rfind (this runs for every row)
         i = path.rfind(b"/")
@@ -329,10 +335,12 @@ class TreeWriter(TreeReader, StateWrites):
         else:
             parent = path[:i]
             key = parent + b"\0" + path[i + 1 :] if i <= keys.PARENT_LIMIT else keys.node_key(path)
-        raw = self.txn.get(key, db=nodes)
-        old = None
-        if raw is not None:
-            old = unpack_node(key, raw)
+        if current is _READ:
+            raw = self.txn.get(key, db=nodes)
+            old = None if raw is None else unpack_node(key, raw)
+        else:
+            old = current
+        if old is not None:
             if old.is_dir != is_dir:
                 if path == keys.ROOT:
                     raise PathError("the root of a view is a directory")
@@ -504,7 +512,7 @@ class TreeWriter(TreeReader, StateWrites):
         if ranges[0][1]:
             index.remove_subtree(self, path)  # while the nodes are there to say where names are
             return self._delete_subtree_by_walk(path)
-        if counts is not None and not counts[0]:
+        if counts is not None and counts[0] == 1:  # dir_count counts the directory itself
             ranges = ranges[:1] if counts[1] else []
         if ranges and self._may_hold(dbs.suspects):
             for k, v in list(self.iter_subtree(path, dbs.suspects)):
@@ -515,14 +523,26 @@ class TreeWriter(TreeReader, StateWrites):
         if ranges and self._ncur is None:
             self._ncur = self.txn.cursor(db=dbs.nodes)
         cur = self._ncur
+        pending = self.index_pending
         for prefix, _ in ranges:
             if not cur.set_range(prefix):
                 continue
+            # the directory's own children, when the job created none of them: their
+            # entries are built here with its id, looked up once (index.remove, inlined)
+            direct = counts is not None and prefix == ranges[0][0]
+            if direct:
+                did, plen, fold = index.known_id(self, pending, prefix), len(prefix), index.fold
+                drop = pending.removes.append
             while True:
                 k = cur.key()
                 if not k.startswith(prefix):
                     break
-                remove(self, k)
+                if not direct:
+                    remove(self, k)
+                elif did is not None:
+                    name = k[plen:]
+                    f = name.lower() if name.isascii() else fold(name)
+                    drop((f, did if f == name else did + name))
                 v = cur.value()
                 if v[0] & IS_DIR:
                     dirs.append(keys.path_of(k, bytes(v[NODE.size :])))
@@ -617,7 +637,11 @@ class TreeWriter(TreeReader, StateWrites):
     def _has_index(self, d: bytes) -> bool:
         """Whether existing directory ``d`` keeps a child-mtime index."""
         v = self._dirs.get(d)
-        return self._know_dir(d, keys.node_key(d)) if v is None else v
+        if v is not None:
+            return v
+        if not self._has_any_index():  # none anywhere: nothing to look up (or to cache)
+            return False
+        return self._know_dir(d, keys.node_key(d))
 
     # -- child-mtime index of big directories ---------------------------------------
     def _index_put(self, d: bytes, child: bytes, mtime: float) -> None:
