@@ -30,7 +30,8 @@ serve`` (audits and the sentinel off) and ``fustor agent start`` as processes on
   lost and repaired (audits are off, so any audit is a repair).
 
 Asserts nothing; a missing figure is printed as null. Polls fusion every 10-20 ms (the
-rename rounds list ``/renames`` every ~20 ms, so their latencies are ±20 ms).
+rename rounds list ``/renames`` every ~20 ms, so their latencies are ±20 ms; each listing
+holds only the names of renames made and not yet seen, so watching costs fusion little).
 """
 
 from __future__ import annotations
@@ -163,9 +164,11 @@ class Watch:
         r = self.q.get("/stats", params={"path": path})
         return r.json() if r.status_code == 200 else None
 
-    def children(self, path: str) -> set[str]:
-        r = self.q.get("/tree", params={"path": path, "max_depth": 1, "only_path": "true",
-                                        "limit": 100_000})
+    def children(self, path: str, after: str | None = None, limit: int = 100_000) -> set[str]:
+        params = {"path": path, "max_depth": 1, "only_path": "true", "limit": limit}
+        if after is not None:
+            params["after"] = after
+        r = self.q.get("/tree", params=params)
         if r.status_code != 200:
             return set()
         return {c["name"] for c in r.json().get("children", [])}
@@ -218,10 +221,24 @@ def rename_round(w: Watch, root: Path, pairs: list[tuple[str, str, str]], rate: 
     last_seen = t0
     end = time.monotonic() + deadline_s
     tops = sorted({p[0] for p in pairs})
+    index = {(top, old): i for i, (top, old, _new) in enumerate(pairs)}
+
+    def window(top: str, made: dict) -> tuple[str | None, int]:
+        """Only the names of renames made and not yet seen are listed (``after`` the name
+        before the first of them, as many as the range holds), so that observing a few
+        renames does not cost fusion a listing of the whole directory every sweep. A
+        pair's old and new names sort side by side (``dNNNNN``, ``dNNNNN.r``, ``dNNNNN.r2``)."""
+        mine = sorted(index[(t, old)] for t, old, new in waiting if t == top and (t, new) in made)
+        if not mine:
+            return None, 1
+        lo, hi = mine[0], mine[-1]
+        after = pairs[lo - 1][2] if lo > 0 and pairs[lo - 1][0] == top else None
+        return after, 2 * (hi - lo + 1) + 2
+
     try:
         while waiting and time.monotonic() < end:
             done_before = dict(t_of)  # renames made before this sweep began
-            listing = {t: w.children("/" + t) for t in tops}
+            listing = {t: w.children("/" + t, *window(t, done_before)) for t in tops}
             now = time.monotonic()
             for top, old, new in list(waiting):
                 if (top, new) not in done_before:
