@@ -211,6 +211,9 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     given = fields = None
     # the real clock, not the view's (tests move that one): a sanity bound on input
     latest = _wall_clock() + MAX_FUTURE_S
+    # only realtime rows can be skew samples: in any other event the skew holds for every
+    # row, so the watermark is the row's wall time minus it (what clock.update returns)
+    skew = None if realtime else clock.skew()
     for i, row in enumerate(rows):
         try:
             if row.__class__ is not dict:
@@ -229,8 +232,10 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
             res.rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
             continue
         wall = now()
-        # only realtime rows that carry an mtime are skew samples
-        wm = clock.update(mtime, realtime and given is not None)
+        if realtime:  # a realtime row that carries an mtime is a skew sample
+            wm = clock.update(mtime, given is not None)
+        else:
+            wm = wall if skew is None else wall - skew
         if mtime is not None and (deleting or given is not None):  # not rows without a time
             latency = (wm - mtime) * 1000.0 if wm > mtime else 0.0
         if apply(row, path, mtime, fields, wall, wm):
