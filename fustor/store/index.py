@@ -113,6 +113,12 @@ def dir_id(txn, dbs, prefix: bytes, create: bool = False, cur=None) -> bytes | N
     return k
 
 
+def folded_entry(dir_key: bytes, name: bytes) -> tuple[bytes, bytes]:
+    """``(fold(name), entry)`` of a node named ``name`` in the directory with id ``dir_key``."""
+    f = name.lower() if name.isascii() else fold(name)
+    return f, (dir_key if f == name else dir_key + name)
+
+
 def entry(dir_key: bytes, name: bytes, f: bytes) -> bytes:
     return dir_key + name if name != f else dir_key
 
@@ -141,7 +147,7 @@ def _put_entries(w, p: Pending) -> None:
         d = ids.get(prefix)
         if d is None:
             d = ids[prefix] = dir_id(txn, dbs, prefix, create=True)
-        f = name.lower() if name.isascii() else fold(name)
+        f = name.lower() if name.isascii() else fold(name)  # folded_entry, inlined: every new node
         out.append((f, d if f == name else d + name))
     p.adds = {}
     out.sort()
@@ -176,8 +182,7 @@ def remove(w, key: bytes) -> None:
     prefix, name = key[:i], key[i:]
     d = known_id(w, p, prefix)
     if d is not None:
-        f = name.lower() if name.isascii() else fold(name)
-        p.removes.append((f, d if f == name else d + name))
+        p.removes.append(folded_entry(d, name))
 
 
 def _drop_entries(w, p: Pending) -> None:

@@ -528,11 +528,12 @@ class TreeWriter(TreeReader, StateWrites):
             if not cur.set_range(prefix):
                 continue
             # the directory's own children, when the job created none of them: their
-            # entries are built here with its id, looked up once (index.remove, inlined)
+            # entries are built with its id, looked up once (index.remove without the
+            # per-key pending-addition check and id lookup)
             direct = counts is not None and prefix == ranges[0][0]
             if direct:
-                did, plen, fold = index.known_id(self, pending, prefix), len(prefix), index.fold
-                drop = pending.removes.append
+                did, plen = index.known_id(self, pending, prefix), len(prefix)
+                drop, entry_of = pending.removes.append, index.folded_entry
             while True:
                 k = cur.key()
                 if not k.startswith(prefix):
@@ -540,9 +541,7 @@ class TreeWriter(TreeReader, StateWrites):
                 if not direct:
                     remove(self, k)
                 elif did is not None:
-                    name = k[plen:]
-                    f = name.lower() if name.isascii() else fold(name)
-                    drop((f, did if f == name else did + name))
+                    drop(entry_of(did, k[plen:]))
                 v = cur.value()
                 if v[0] & IS_DIR:
                     dirs.append(keys.path_of(k, bytes(v[NODE.size :])))

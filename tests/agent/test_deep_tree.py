@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from tests.agent.conftest import collect, has_update
-
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the inotify backend is Linux's")
 
 DEPTH = 2000
 

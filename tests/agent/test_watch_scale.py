@@ -24,8 +24,6 @@ import pytest
 from fustor.agent.realtime_queue import ENTRY_OVERHEAD, RealtimeQueue
 from tests.agent.conftest import collect, has_update, rows_of
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the inotify backend is Linux's")
-
 
 def tree(root: Path, dirs: int, files_per_dir: int = 0, fanout: int = 10) -> list[Path]:
     """``dirs`` directories (``fanout`` per parent, breadth first) with files in each."""
@@ -172,7 +170,7 @@ def test_watch_limit_in_a_user_namespace(root):
     """A private limit of 40 watches (a user namespace of our own: nothing else on the
     machine is affected): the snapshot is still complete, the rest is counted unwatched."""
     if shutil.which("unshare") is None:
-        pytest.skip("unshare(1) is not installed")
+        pytest.fail("unshare(1) is not installed (util-linux)")
     tree(root, 100, files_per_dir=1)
     try:
         out = subprocess.run(["unshare", "-U", "-r", sys.executable, "-c", LIMIT_SCRIPT,
@@ -181,7 +179,7 @@ def test_watch_limit_in_a_user_namespace(root):
     except subprocess.TimeoutExpired:
         pytest.fail("the namespaced agent did not finish")
     if out.returncode != 0 and "Operation not permitted" in out.stderr:
-        pytest.skip("user namespaces are not allowed here")
+        pytest.fail(f"user namespaces are not allowed here: {out.stderr[-300:]}")
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout)
     st = got["status"]
@@ -209,7 +207,7 @@ def test_a_kernel_queue_overflow_asks_for_the_whole_tree(root, make_source):
     """The kernel drops events and says only that it did: where is unknown."""
     knob = Path("/proc/sys/fs/inotify/max_queued_events")
     if not os.access(knob, os.W_OK):
-        pytest.skip("needs root to make a small kernel queue")
+        pytest.fail("needs root (to make a small kernel queue): run the tests as root, as CI does")
     src = make_source(root, backend="inotify")
     old = knob.read_text()
     knob.write_text("4")

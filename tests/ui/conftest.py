@@ -8,7 +8,6 @@ With FUSTOR_UI_SHOTS=DIR set, tests save the screenshots the closing note descri
 
 from __future__ import annotations
 
-import os
 import shutil
 from urllib.parse import urlsplit
 
@@ -26,9 +25,8 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-f
 def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not on PATH; .ci/run installs it (apt-get install chromium)")
-        pytest.skip("the browser tests need chromium on PATH (Debian: apt-get install chromium)")
+        pytest.fail("the browser tests need chromium on PATH; .ci/run installs it "
+                    "(Debian: apt-get install chromium)")
     return path
 
 
@@ -36,7 +34,7 @@ def chromium() -> str:
 def browser():
     # module scope: Playwright's sync API keeps an event loop of its own, which must be
     # gone before the next module's asyncio tests run theirs
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     exe = chromium()
     sync_api.expect.set_options(timeout=15_000)  # a deadline for a loaded CI machine
     with sync_api.sync_playwright() as p:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from fustor.agent.upgrade import installed_version
 from tests.ui.site import ADMIN, LACKS, QUERY_LAB, WRONG_KEY, UiSite, save_shot, start_site
 
-expect = pytest.importorskip("playwright.sync_api").expect
 ACTIONS = re.compile("Reload|Upgrade|Scan|Stop|Report")
 
 

@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.agent.test_upgrade import build_wheel
 from tests.ui.site import ADMIN, UiSite, make_trees
-
-expect = pytest.importorskip("playwright.sync_api").expect
 
 
 @pytest.mark.network
