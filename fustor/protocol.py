@@ -26,3 +26,17 @@ def loads(raw: bytes):
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw)
+
+
+# What our agent and fusion add to the 0.8.17 protocol. Fusion lists them in its session
+# reply (``extensions``); an agent uses one only when the reply names it, and a 0.8.17
+# agent ignores the field, so either side keeps talking to the original unchanged.
+#
+# ``move``: a realtime event of ``event_type: "move"`` whose rows are directories renamed
+# or moved inside the tree: ``path`` (the new place, with the directory's fresh stat) and
+# ``moved_from`` (the old one). Fusion moves what it holds of the subtree in one write
+# job instead of taking a delete and one row per file; a push reply lists under
+# ``moves_unresolved`` the new paths whose old directory it did not hold, which the agent
+# then walks and sends as rows.
+MOVE_EXTENSION = "move"
+EXTENSIONS = (MOVE_EXTENSION,)

@@ -46,6 +46,7 @@ from fustor.agent.sender_http import (
     make_event,
 )
 from fustor.agent.thread_iter import ThreadIter
+from fustor.protocol import MOVE_EXTENSION
 
 log = logging.getLogger("fustor.agent")
 PERMANENT = (400, 413, 422)  # fusion will refuse the same batch again: split it
@@ -147,6 +148,7 @@ class AgentPipe:
         self.events_pushed = 0
         self.rows_pushed = 0
         self.snapshot_done = False
+        self._fusion_moves = False  # fusion's session reply lists the move extension
         self.snapshot_progress: dict = {}
         self.started_at = time.time()
         self.last_realtime_push: float | None = None  # when fusion acknowledged it
@@ -274,9 +276,18 @@ class AgentPipe:
         log.warning("pipe %s: %s (retry %d in %.0f s)", self.pipe_id, self.last_error, self.errors, wait)
         await asyncio.sleep(wait)
 
+    def _use_moves(self) -> None:
+        """Moves go as one row only to a fusion that takes them and, once this session's
+        snapshot reached it, holds the tree they move (not with ``message-only``)."""
+        use = getattr(self.source, "use_moves", None)
+        if use is not None:
+            use(bool(self.session_id and self._fusion_moves and self.snapshot_done
+                     and self.s.startup_mode != "message-only"))
+
     def _drop_session(self) -> None:
         self.session_id = None
         self.role = None
+        self._use_moves()
         if self._leader is not None:
             self._leader.cancel()
             self._leader = None
@@ -294,6 +305,8 @@ class AgentPipe:
         if reply.get("sentinel_interval_sec") is not None:
             self.s.sentinel_interval_sec = float(reply["sentinel_interval_sec"])
         self.snapshot_done = False
+        self._fusion_moves = MOVE_EXTENSION in (reply.get("extensions") or ())
+        self._use_moves()
         self._audit_cache.clear()
         if self.errors:
             log.info("pipe %s: recovered after %d error(s)", self.pipe_id, self.errors)
@@ -434,6 +447,14 @@ class AgentPipe:
                 wait = exc.retry_after or self.s.backoff(tries)
                 log.warning("pipe %s: %s (retry in %.1f s)", self.pipe_id, self.last_error, wait)
                 await asyncio.sleep(wait)
+        unresolved = reply.get("moves_unresolved") if isinstance(reply, dict) else None
+        if unresolved:  # fusion did not hold those trees: send their rows after all
+            log.info("pipe %s: fusion could not move %d directory(ies) (%s): walking them",
+                     self.pipe_id, len(unresolved), unresolved[0])
+            rewalk = getattr(self.source, "rewalk", None)
+            for path in unresolved:
+                if isinstance(path, str) and rewalk is not None:
+                    rewalk(path)
         rejected = reply.get("rejected") if isinstance(reply, dict) else None
         if rejected:
             self.rows_rejected += len(rejected)
@@ -455,6 +476,16 @@ class AgentPipe:
             half = len(rows) // 2
             for part in (rows[:half], rows[half:]):
                 await self._push([{**events[0], "rows": part}], phase)
+            return
+        if events[0].get("event_type") == "move" and rows and isinstance(rows[0], dict):
+            # refused as a move: the per-file form (delete the old place, walk the new)
+            log.warning("pipe %s: fusion refused the move of %r (%s); sending it as rows",
+                        self.pipe_id, rows[0].get("moved_from"), exc)
+            await self._push([make_event([{"path": rows[0].get("moved_from")}], "realtime",
+                                         "delete")], phase)
+            rewalk = getattr(self.source, "rewalk", None)
+            if rewalk is not None and isinstance(rows[0].get("path"), str):
+                rewalk(rows[0]["path"])
             return
         self.rows_dropped += len(rows)
         path = rows[0].get("path") if rows and isinstance(rows[0], dict) else None
@@ -617,6 +648,7 @@ class AgentPipe:
             self._arm()  # no snapshot to arm the watches as it goes
         await self._push([], "snapshot", is_end=True)
         self.snapshot_done = True
+        self._use_moves()
         self.phase = "realtime"
         log.info("pipe %s: snapshot complete, %d rows", self.pipe_id, n)
 

@@ -4,14 +4,22 @@ One queued event is one ``bytes`` object (~130 bytes for a 70-byte path, deque s
 included), never a dict of strings: at a million queued events that is the difference
 between ~130 MB and ~1 GB. Layout::
 
-    byte 0      kind (bits 0-1: 1 update, 2 delete, 3 tree) | 4 is_directory
+    byte 0      kind (bits 0-1: 0 move, 1 update, 2 delete, 3 tree) | 4 is_directory
                 | 8 is_atomic_write false | 16 is_atomic_write true
     update      + struct "<qdd" (size, mtime, ctime), then the view path (fs bytes)
     delete/tree + the view path
+    move        + struct "<qddH" (the new place's stat, the old path's length), the old
+                path, then the new path
 
 A *tree* event stands for "this directory appeared (created, moved in, renamed): report
 it and everything under it". It is expanded into rows by a walk when it is drained, so a
 ``mv`` of a 200k-file directory queues two events, not 200k.
+
+A *move* event stands for "the directory at the old path is now at the new path", for a
+fusion that moves what it holds (the ``move`` extension, ``fustor/protocol.py``): no walk,
+one row, queued instead of the delete and the tree event only when no walk of either
+place waits or runs (:meth:`RealtimeQueue.put_move`); otherwise the watcher queues those
+two as before.
 
 Bounds: at most ``max_events`` events and ``max_bytes`` bytes. A put into a full queue
 drops the event and records *where* the loss is (the directory to re-audit), so the
@@ -39,17 +47,36 @@ from collections import deque
 
 log = logging.getLogger(__name__)
 
-UPDATE, DELETE, TREE = 1, 2, 3
+MOVE, UPDATE, DELETE, TREE = 0, 1, 2, 3
 KIND_MASK = 3
 IS_DIR = 4
 ATOMIC_FALSE = 8
 ATOMIC_TRUE = 16
 _STAT = struct.Struct("<qdd")
+_MOVE = struct.Struct("<qddH")
 _HEAD = 1
 _UPDATE_HEAD = _HEAD + _STAT.size
+_MOVE_HEAD = _HEAD + _MOVE.size
 ENTRY_OVERHEAD = 48  # what an entry costs beyond its length: the bytes header and deque slot
 MAX_LOST_DIRS = 10_000  # places remembered for a scoped repair; past that, the whole tree
 ALL = "all"
+
+
+def _path_at(entry: bytes) -> int:
+    """Where the (new) view path starts in an entry."""
+    kind = entry[0] & KIND_MASK
+    if kind == UPDATE:
+        return _UPDATE_HEAD
+    if kind == MOVE:
+        return _MOVE_HEAD + _MOVE.unpack_from(entry, _HEAD)[3]
+    return _HEAD
+
+
+def _related(a: bytes, b: bytes) -> bool:
+    """One path is the other or under it."""
+    if len(a) > len(b):
+        a, b = b, a
+    return a == b or a == b"/" or b.startswith(a + b"/")
 
 
 def _parent(rel: bytes) -> bytes:
@@ -73,6 +100,7 @@ class RealtimeQueue:
         self.coalesced = 0
         self.last_overflow_at: float | None = None
         self.peak_bytes = 0
+        self._walking: bytes | None = None  # the tree being walked by the drain
 
     # -- putting (the watcher's reader thread, and the watchdog fallback's) -------------
     def put_update(self, rel: str, size: int, mtime: float, ctime: float, is_dir: bool,
@@ -113,6 +141,37 @@ class RealtimeQueue:
             self._cond.notify()
             return True
 
+    def put_move(self, old: str, new: str, size: int, mtime: float, ctime: float) -> bool:
+        """Queue the move of a directory from ``old`` to ``new`` (both in the tree). False,
+        and nothing queued, unless every event about the subtree until now has reached
+        fusion or waits in order before it — no walk under or above either place waits or
+        runs (it would list a place that changed under it), no loss waits for a repair —
+        and it fits; the caller then queues the delete and the tree event instead."""
+        o, n = os.fsencode(old), os.fsencode(new)
+        with self._cond:
+            q = self._q
+            if self._lost_all or self._lost or len(o) > 0xFFFF:
+                return False
+            if self._walking is not None and (_related(self._walking, o)
+                                              or _related(self._walking, n)):
+                return False
+            if any(_related(p, o) or _related(p, n) for p in self._pending_trees):
+                return False
+            entry = (bytes((MOVE | IS_DIR,)) + _MOVE.pack(size, mtime, ctime, len(o)) + o + n)
+            size = len(entry) + ENTRY_OVERHEAD
+            if len(q) >= self.max_events or self._bytes + size > self.max_bytes:
+                return False
+            q.append(entry)
+            self._bytes += size
+            self.peak_bytes = max(self.peak_bytes, self._bytes)
+            self._cond.notify()
+            return True
+
+    def set_walking(self, rel: str | None) -> None:
+        """The drain walks the tree at ``rel`` now (None: no walk): no move may touch it."""
+        with self._cond:
+            self._walking = None if rel is None else os.fsencode(rel)
+
     def _under_pending_tree(self, path: bytes) -> bool:
         pending = self._pending_trees
         p = path
@@ -124,21 +183,26 @@ class RealtimeQueue:
             if p in pending:
                 return True
 
-    def _pop_tail_under(self, path: bytes) -> None:
+    def _pop_tail_under(self, path: bytes) -> int:
         q = self._q
         prefix = path + b"/"
+        popped = 0
         while q:
             tail = q[-1]
             kind = tail[0] & KIND_MASK
+            if kind == MOVE:  # it also deletes its old place: never dropped
+                return popped
             off = _UPDATE_HEAD if kind == UPDATE else _HEAD
             if not (tail.startswith(prefix, off) or (len(tail) - off == len(path)
                                                       and tail.endswith(path))):
-                return
+                return popped
             q.pop()
+            popped += 1
             self._bytes -= len(tail) + ENTRY_OVERHEAD
             self.coalesced += 1
             if kind == TREE:
                 self._tree_taken(tail[off:])
+        return popped
 
     def _tree_taken(self, path: bytes) -> None:
         n = self._pending_trees.get(path, 0) - 1
@@ -206,7 +270,8 @@ class RealtimeQueue:
     # -- draining (one thread at a time) ---------------------------------------------------
     def take(self, max_events: int, timeout: float) -> list[bytes]:
         """Up to ``max_events`` entries in order, waiting at most ``timeout`` for the
-        first; stops after a tree entry (its walk comes before what follows it)."""
+        first; stops after a tree entry (its walk comes before what follows it) and after a
+        move (which becomes a walk when moves cannot be sent)."""
         out: list[bytes] = []
         with self._cond:
             if not self._q and timeout > 0:
@@ -216,8 +281,11 @@ class RealtimeQueue:
                 e = q.popleft()
                 self._bytes -= len(e) + ENTRY_OVERHEAD
                 out.append(e)
-                if e[0] & KIND_MASK == TREE:
+                kind = e[0] & KIND_MASK
+                if kind == TREE:
                     self._tree_taken(e[_HEAD:])
+                    break
+                if kind == MOVE:
                     break
         return out
 
@@ -226,8 +294,7 @@ class RealtimeQueue:
         It only reads the queue: a way to know an event has reached it, as tests do."""
         p = os.fsencode(path)
         with self._cond:
-            return any(len(e) - (_UPDATE_HEAD if e[0] & KIND_MASK == UPDATE else _HEAD) == len(p)
-                       and e.endswith(p) for e in self._q)
+            return any(len(e) - _path_at(e) == len(p) and e.endswith(p) for e in self._q)
 
     def __len__(self) -> int:
         return len(self._q)
@@ -238,9 +305,17 @@ class RealtimeQueue:
 
 
 def decode(entry: bytes) -> tuple[int, str, dict | None]:
-    """``(kind, view path, update row or None)`` of one entry."""
+    """``(kind, view path, update row or None)`` of one entry; a move's row is the new
+    place's update row with ``moved_from``."""
     flags = entry[0]
     kind = flags & KIND_MASK
+    if kind == MOVE:
+        size, mtime, ctime, n = _MOVE.unpack_from(entry, _HEAD)
+        old = os.fsdecode(entry[_MOVE_HEAD:_MOVE_HEAD + n])
+        rel = os.fsdecode(entry[_MOVE_HEAD + n:])
+        return kind, rel, {"path": rel, "file_name": rel.rsplit("/", 1)[1], "size": size,
+                           "modified_time": mtime, "created_time": ctime,
+                           "is_directory": True, "moved_from": old}
     if kind != UPDATE:
         return kind, os.fsdecode(entry[_HEAD:]), None
     size, mtime, ctime = _STAT.unpack_from(entry, _HEAD)

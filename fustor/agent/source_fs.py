@@ -216,6 +216,17 @@ class FsSource:
         """A walk of the whole tree has armed every directory it could since the start."""
         return self._watcher.fully_armed
 
+    def use_moves(self, on: bool) -> None:
+        """Send a watched directory's rename or move inside the tree as one move row (the
+        ``move`` extension) while ``on``: the pipe turns it on once fusion takes moves
+        and holds this tree's snapshot, and off when the session ends."""
+        self._watcher.moves_ok = on
+
+    def rewalk(self, path: str) -> None:
+        """Walk the directory at view path ``path`` and send its rows as realtime events
+        (fusion did not hold what moved there)."""
+        self._watcher.rewalk(path)
+
     def start_watch(self) -> None:
         """Start realtime: the root is watched at once, the rest as walks arm it (on
         Linux; the watchdog backend arms the whole tree here). Never raises for a watch
@@ -271,4 +282,5 @@ class FsSource:
             "events_coalesced": q.coalesced,
             "queued_events": len(q),
             "queued_bytes": q.bytes,
+            "moves_sent": w.moves_sent,
         }

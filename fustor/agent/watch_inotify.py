@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # What we watch on every directory. IN_ONLYDIR / IN_DONT_FOLLOW: a directory replaced by a
 # file or a symlink is not watched through it; IN_EXCL_UNLINK: no events from files that
 # were unlinked while open (a writer's temp file).
+_DIR_MOVED_FROM = F.MOVED_FROM | F.ISDIR
 MASK = (F.CREATE | F.DELETE | F.MOVED_FROM | F.MOVED_TO | F.MODIFY | F.ATTRIB | F.CLOSE_WRITE
         | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR | F.DONT_FOLLOW | F.EXCL_UNLINK)
 IN_MASK_CREATE = 0x10000000  # Linux 4.18+: fail with EEXIST when already watched
@@ -147,6 +148,7 @@ class InotifyWatcher(Watcher):
             return None
 
     def _limit_hit(self, path: str) -> None:
+        self._not_armed(path)
         if self._detached:
             self._sweep()  # detached subtrees may hold watches we can give back
         self.watch_limit_reached = True
@@ -291,8 +293,16 @@ class InotifyWatcher(Watcher):
                     log.error("reading inotify events failed: %s; realtime stopped", exc)
                     self.root_lost = True
                 return
-            for ev in events:
+            i, n = 0, len(events)
+            while i < n:
+                ev = events[i]
+                i += 1
                 try:
+                    if (ev.mask & _DIR_MOVED_FROM == _DIR_MOVED_FROM and ev.cookie and i < n
+                            and events[i].mask & F.MOVED_TO and events[i].cookie == ev.cookie
+                            and self._dir_renamed(ev.wd, ev.name, events[i].wd, events[i].name)):
+                        i += 1
+                        continue
                     self._handle(ev.wd, ev.mask, ev.name)
                 except Exception:
                     log.exception("realtime handler failed on %r; continuing", ev)
@@ -349,6 +359,28 @@ class InotifyWatcher(Watcher):
                     self._just_moved.add(wd)
                 self._place(wd, parent, name)
         self._dir_appeared(path)
+
+    def _dir_renamed(self, from_wd: int, from_name: str, to_wd: int, to_name: str) -> bool:
+        """Both halves of a directory's rename inside the tree, read together: one move
+        event when the watcher can send it so (``_queue_move``), and the moved watch
+        re-parented. False, with nothing done, when the halves must be handled apart."""
+        if not self.moves_ok:
+            return False
+        with self._lock:
+            old_base, new_base = self._abs_path(from_wd), self._abs_path(to_wd)
+            if old_base is None or new_base is None:
+                return False
+            path = os.path.join(new_base, to_name)
+            wd = self._add(path)  # the moved directory's own watch comes back
+            if wd is None or wd not in self._table:
+                return False
+            old = self._abs_path(wd)
+        if old != os.path.join(old_base, from_name) or not self._queue_move(old, path):
+            return False
+        with self._lock:
+            self._just_moved.add(wd)
+            self._place(wd, to_wd, to_name)
+        return True
 
     def _self_event(self, wd: int, mask: int) -> None:
         if wd == self._root_wd:

@@ -29,6 +29,11 @@ Event mapping (agent.md §12.4, with the §16 fixes):
 * deleted or moved away → one delete row (for a directory it deletes the whole subtree
   in fusion); renamed → a delete row for the old path and a tree event (or an update
   row) for the new one;
+* a watched directory renamed or moved inside the tree (inotify, both halves of the
+  rename in one read) → one *move* row, when fusion takes moves (``moves_ok``, set by the
+  pipe once its snapshot reached fusion) and holds all of it as it is: none of its
+  directories went unwatched, no walk of either place waits (``RealtimeQueue.put_move``);
+  else the delete and the tree event;
 * ``file_pattern`` applies to file names here too; directories always pass.
 
 Loss is never silent: a full queue or a kernel queue overflow is recorded with where it
@@ -39,6 +44,7 @@ the per-user limit. Handlers log and go on; they never raise.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import stat
@@ -46,12 +52,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-from fustor.agent.realtime_queue import TREE, UPDATE, RealtimeQueue, decode
+from fustor.agent.realtime_queue import MOVE, TREE, UPDATE, RealtimeQueue, decode
 from fustor.agent.scanner import Armer, NameFilter, TreePaths, iter_tree_rows
 
 log = logging.getLogger(__name__)
 
 THROTTLE_PRUNE_AT = 10_000
+MAX_UNWATCHED_KEPT = 100_000  # directories remembered as unwatched; past that, "somewhere"
 
 
 class Watcher:
@@ -75,6 +82,11 @@ class Watcher:
         self._drain_lock = threading.Lock()
         self._walk: Iterator[dict] | None = None
         self._seq = 0
+        # the pipe sets it while fusion takes moves and holds this tree's snapshot
+        self.moves_ok = False
+        self.moves_sent = 0
+        self._unwatched: list[str] = []  # directories a walk could not arm (sorted, absolute)
+        self._unwatched_lost = False  # more than MAX_UNWATCHED_KEPT: somewhere
 
     # -- what backends implement --------------------------------------------------------
     def start(self) -> None:
@@ -107,7 +119,36 @@ class Watcher:
             if self._walk is not None:
                 self._walk.close()  # type: ignore[attr-defined]
                 self._walk = None
+                self.events.set_walking(None)
         self.fully_armed = False
+        self._unwatched.clear()
+        self._unwatched_lost = False
+
+    def _not_armed(self, path: str) -> None:
+        """A directory could not be watched (the limit): its changes are unseen, so a
+        move of a tree that holds it is sent as rows of a walk."""
+        kept = self._unwatched
+        i = bisect.bisect_left(kept, path)
+        if i < len(kept) and kept[i] == path:
+            return
+        if len(kept) < MAX_UNWATCHED_KEPT:
+            kept.insert(i, path)
+        else:
+            self._unwatched_lost = True
+
+    def _holds_unwatched(self, path: str) -> bool:
+        """Whether ``path`` or a directory under it could not be armed: O(log n)."""
+        if self._unwatched_lost:
+            return True
+        kept = self._unwatched
+        if not kept:
+            return False
+        i = bisect.bisect_left(kept, path)
+        if i < len(kept) and kept[i] == path:
+            return True
+        prefix = path + "/"
+        i = bisect.bisect_left(kept, prefix, i)
+        return i < len(kept) and kept[i].startswith(prefix)
 
     # -- handlers (the backend's reader thread; absolute paths) -----------------------
     def _inside(self, path: str) -> bool:
@@ -163,6 +204,24 @@ class Watcher:
         if self._inside(path) and path != self.paths.root:
             self.events.put_tree(self.paths.rel(path))
 
+    def _queue_move(self, old: str, path: str) -> bool:
+        """A directory went from ``old`` to ``path``: queue it as one move if fusion can
+        take it that way; False (nothing queued) when it must go as the per-file form."""
+        if not (self.moves_ok and self.fully_armed and old != self.paths.root
+                and path != self.paths.root and self.paths.inside(path)
+                and self.paths.inside(old) and not self._holds_unwatched(old)):
+            return False
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            return False
+        if not stat.S_ISDIR(st.st_mode) or not self.events.put_move(
+                self.paths.rel(old), self.paths.rel(path), st.st_size, st.st_mtime, st.st_ctime):
+            return False
+        self._throttle.pop(old, None)
+        self.moves_sent += 1
+        return True
+
     def _remember_write(self, path: str) -> None:
         table = self._throttle
         now = time.monotonic()
@@ -192,13 +251,24 @@ class Watcher:
                             break
                     else:
                         self._walk = None
+                        self.events.set_walking(None)
                     continue
                 entries = self.events.take(max_events - len(out), 0 if out else timeout)
                 if not entries:
                     break
                 for entry in entries:
                     kind, rel, row = decode(entry)
+                    if kind == MOVE:
+                        self._seq += 1
+                        if self.moves_ok:
+                            out.append({"event_type": "move", "rows": [row], "seq": self._seq})
+                            continue
+                        # fusion no longer takes moves (a new session): the per-file form
+                        out.append({"event_type": "delete",
+                                    "rows": [{"path": row["moved_from"]}], "seq": self._seq})
+                        kind = TREE
                     if kind == TREE:
+                        self.events.set_walking(rel)
                         self._walk = iter_tree_rows(self.paths, self.accept,
                                                     self.paths.absolute(rel), self.armer)
                         continue
@@ -207,6 +277,11 @@ class Watcher:
                                 "rows": [row if row is not None else {"path": rel}],
                                 "seq": self._seq})
         return out
+
+    def rewalk(self, rel: str) -> None:
+        """Report the directory at view path ``rel`` and everything under it by a walk (a
+        move fusion could not apply)."""
+        self.events.put_tree(rel)
 
 
 def make_watcher(backend: str, paths: TreePaths, accept: NameFilter, events: RealtimeQueue,

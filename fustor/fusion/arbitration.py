@@ -81,6 +81,8 @@ from fustor.fusion.audit import (
 from fustor.fusion.suspects import MISSING, sweep_chunk, sweep_suspects, update_suspect
 from fustor.fusion.view_state import ViewState
 from fustor.store import TreeWriter, keys
+from fustor.store.records import PAIR as _PAIR
+from fustor.store.records import unpack_node
 
 __all__ = [
     "EPS", "TEPS", "EventResult", "LogicalClock", "ViewState", "audit_end", "audit_end_step",
@@ -93,7 +95,7 @@ TEPS = 1e-5  # tombstone margin: a re-create must be this much newer than the de
 
 REALTIME, SNAPSHOT, AUDIT, ON_DEMAND = "realtime", "snapshot", "audit", "on_demand_job"
 SOURCES = frozenset((REALTIME, SNAPSHOT, AUDIT, ON_DEMAND))
-EVENT_TYPES = frozenset(("insert", "update", "delete"))
+EVENT_TYPES = frozenset(("insert", "update", "delete", MOVE := "move"))
 SIZE_LIMIT = 2**63  # sizes are stored as signed 64-bit integers
 SCHEMAS = frozenset(("fs",))  # event_schema routed to fs views and forest members (§4.3)
 # times a file system can hold: not past a year from now (a clock gone wild, or a bogus
@@ -116,6 +118,8 @@ class EventResult:
     applied: int = 0
     ignored: int = 0
     rejected: list[dict] = field(default_factory=list)
+    # moves whose source fusion does not hold: view paths the agent must walk instead
+    unresolved: list[str] = field(default_factory=list)
 
 
 class _Invalid(Exception):
@@ -179,6 +183,23 @@ def _path(row: dict) -> bytes:
         raise _Invalid(exc.message) from None
 
 
+def _moved_from(row: dict, path: bytes) -> bytes:
+    raw = row.get("moved_from")
+    if not raw:
+        raise _Invalid("a move row needs moved_from (the directory's old path)")
+    if not isinstance(raw, (str, bytes)):
+        raise _Invalid(f"moved_from must be a string, got {type(raw).__name__}")
+    try:
+        old = _norm(raw)
+    except PathError as exc:
+        raise _Invalid(f"moved_from: {exc.message}") from None
+    if old == _ROOT or path == _ROOT:
+        raise _Invalid("the root of a view cannot be moved or replaced")
+    if old == path or path.startswith(old + b"/"):
+        raise _Invalid("a directory cannot be moved into itself")
+    return old
+
+
 def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     """Apply one wire event (``event_type``, ``message_source``, ``rows``) row by row."""
     res = EventResult()
@@ -189,9 +210,12 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     src = event.get("message_source") or REALTIME
     etype = event.get("event_type")
     schema = event.get("event_schema", "fs")
-    if src not in SOURCES or etype not in EVENT_TYPES or schema not in SCHEMAS:
+    moving = etype == MOVE
+    if (src not in SOURCES or etype not in EVENT_TYPES or schema not in SCHEMAS
+            or (moving and src != REALTIME)):
         reason = (f"unknown message_source {src!r}" if src not in SOURCES
                   else f"unknown event_type {etype!r}" if etype not in EVENT_TYPES
+                  else f"a move comes from realtime only, not {src!r}" if moving
                   else f"event_schema {schema!r} is not routed to this view (it takes "
                        f"{', '.join(sorted(SCHEMAS))})")
         res.rejected = [{"index": i, "path": _raw_path(r), "reason": reason}
@@ -205,7 +229,7 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     if src == AUDIT and st.last_audit_start is None:
         begin_cycle(w, st, now())
     ctx = _Event(w, st, src)
-    apply = ctx.delete if deleting else ctx.upsert
+    apply = ctx.delete if deleting else ctx.move if moving else ctx.upsert
     latency = st.last_event_latency_ms
     applied = ignored = 0
     given = fields = None
@@ -228,6 +252,11 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
                 if path == _ROOT and not is_dir:
                     raise _Invalid("the root of a view is a directory")
                 fields = (is_dir, _size(row), _time(row, "created_time", 0.0, latest))
+                if moving:
+                    if not is_dir:
+                        raise _Invalid("only a directory moves as a whole (is_directory "
+                                       "true); a file's move is a delete and an update")
+                    fields += (_moved_from(row, path),)
         except _Invalid as exc:
             res.rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
             continue
@@ -249,6 +278,7 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
         st.last_event_latency_ms = latency
     res.applied = applied
     res.ignored = ignored
+    res.unresolved = ctx.unresolved
     return res
 
 
@@ -312,7 +342,8 @@ class _Event:
     case of empty tables.
     """
 
-    __slots__ = ("audit", "cap", "has_add", "has_del", "has_tombs", "src", "st", "w")
+    __slots__ = ("audit", "cap", "has_add", "has_del", "has_tombs", "src", "st", "unresolved",
+                 "w")
 
     def __init__(self, w: TreeWriter, st: ViewState, src: str) -> None:
         self.w = w
@@ -324,6 +355,7 @@ class _Event:
         self.has_add = w.count(dbs.blind_additions) > 0
         self.has_del = w.count(dbs.blind_deletions) > 0
         self.cap = _Capacity(w, st.max_nodes) if st.max_nodes > 0 else None
+        self.unresolved: list[str] = []
 
     def _mark_seen(self, path: bytes, node, row_is_dir: bool) -> None:
         """Record an audit sighting of ``path`` that did not rewrite its node."""
@@ -370,6 +402,74 @@ class _Event:
         if cap is not None:
             cap.removed(n)
         return True
+
+    # -- move rows (our own agents; realtime only) ----------------------------------
+    def move(self, row: dict, path: bytes, mtime: float, fields: tuple, wall: float,
+             wm: float) -> bool:
+        """A directory renamed or moved inside the tree (``moved_from`` → ``path``): what
+        the realtime rows of the per-file form would do — a delete of the old directory,
+        then an update for the directory and for everything that was under it, at the new
+        place — done with the nodes fusion holds, in this one job. Each moved node is
+        confirmed by realtime (``last_updated_at``) and keeps its size, times and flags;
+        a suspect keeps its expiry. The directory itself takes the row's fresh stat.
+
+        When fusion does not hold the old directory there is nothing to move: the old
+        path is deleted all the same and the new path is reported back (``unresolved``),
+        so the agent walks it and sends its rows."""
+        w = self.w
+        is_dir, size, ctime, old = fields
+        src = w.get(old)
+        if src is None or not src.is_dir:
+            self.delete(row, old, None, None, wall, wm)
+            self.unresolved.append(path.decode("utf-8", "surrogateescape"))
+            return False
+        cap = self.cap
+        # rename(2) replaces what was at the target (an empty directory)
+        n = w.delete(path)
+        if cap is not None and n:
+            cap.invalidate()
+        # realtime updates lift tombstones and blind-spot entries at the places they write
+        if self.has_tombs:
+            self._drop_state_at(path, w.dbs.tombstones)
+        if self.has_add:
+            self._drop_state_at(path, w.dbs.blind_additions)
+        if self.has_del:
+            self._drop_state_at(path, w.dbs.blind_deletions)
+        w.upsert(path, True, size, mtime, ctime, last_updated_at=wall, integrity_suspect=False,
+                 known_by_agent=True, audit_skipped=src.audit_skipped,
+                 audit_mark=src.audit_mark, current=None)
+        cut = len(old)
+        upsert = w.upsert
+        for page in w.subtree_pages(old):
+            for k, v in page:
+                node = unpack_node(k, v)
+                upsert(path + node.path[cut:], node.is_dir, node.size, node.modified_time,
+                       node.created_time, last_updated_at=wall,
+                       integrity_suspect=node.integrity_suspect, known_by_agent=True,
+                       audit_skipped=node.audit_skipped, audit_mark=node.audit_mark,
+                       current=None)
+        if w.count(w.dbs.suspects):
+            moved = [(path + p[cut:], exp, m) for page in w.subtree_pages(old, db=w.dbs.suspects)
+                     for p, exp, m in _suspect_items(page)]
+            for p, exp, m in moved:
+                w.put_suspect(p, exp, m)
+        self.delete(row, old, None, None, wall, wm)  # the old place: a realtime delete
+        if cap is not None:
+            cap.invalidate()
+        return True
+
+    def _drop_state_at(self, path: bytes, db) -> None:
+        w = self.w
+        keys_at = [k for page in w.subtree_pages(path, db=db) for k, _v in page]
+        keys_at.append(keys.node_key(path))
+        if db is w.dbs.tombstones:
+            for k in keys_at:
+                v = w.txn.get(k, db=db)
+                if v is not None:
+                    w.delete_tombstone(keys.path_of(k, bytes(v[16:])))
+            return
+        for k in keys_at:
+            w.txn.delete(k, db=db)
 
     # -- upsert rows ----------------------------------------------------------------
     def upsert(self, row: dict, path: bytes, mtime: float, fields: tuple, wall: float,
@@ -487,6 +587,12 @@ class _Event:
         elif suspect is False and was_suspect and not switch:
             w.delete_suspect(path)
         return True
+
+
+def _suspect_items(page):
+    for k, v in page:
+        exp, m = _PAIR.unpack_from(v)
+        yield keys.path_of(k, bytes(v[_PAIR.size:])), exp, m
 
 
 def _exact_dir(w: TreeWriter, parent_path):

@@ -32,6 +32,7 @@ from fustor.fusion.metrics import FusionMetrics
 from fustor.fusion.sessions import Session, SessionManager
 from fustor.fusion.views.forest import ForestView
 from fustor.fusion.views.fs import FsView
+from fustor.protocol import EXTENSIONS
 
 log = logging.getLogger("fustor.fusion")
 MAX_SESSION_TIMEOUT_S = 3600
@@ -249,6 +250,8 @@ class Fusion:
             "session_timeout_seconds": int(s.timeout) if s.timeout == int(s.timeout) else s.timeout,
             "audit_interval_sec": pc.audit_interval_sec,
             "sentinel_interval_sec": pc.sentinel_interval_sec,
+            # what this fusion takes beyond the 0.8.17 protocol (0.8.17 agents ignore it)
+            "extensions": list(EXTENSIONS),
             "message": "Session created successfully",
         }
 
@@ -285,18 +288,21 @@ class Fusion:
         self.sessions.touch(sid)
         events = batch.get("events") or []
         views = self.targets(s.pipe_id)
-        applied, rejected = 0, []
+        applied, rejected, unresolved = 0, [], set()
         if events:
             self.counters["events_received"] += len(events)
             results = await asyncio.gather(*(self._apply(v, events) for v in views))
             for res in results:
                 applied = max(applied, res["applied"])
                 rejected = rejected or res["rejected"]
+                unresolved.update(res.get("unresolved") or ())
             self.counters["events_processed"] += len(events)
             s.events_pushed += len(events)
         out = {"status": "ok", "count": len(events), "applied_rows": applied}
         if rejected:
             out["rejected"] = rejected
+        if unresolved:  # moves of directories a view did not hold: the agent walks them
+            out["moves_unresolved"] = sorted(unresolved)
         if batch.get("is_end"):
             if source_type == "snapshot":
                 if self.sessions.is_leader(s):

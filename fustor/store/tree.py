@@ -205,6 +205,39 @@ class TreeReader(StateReads):
                     continue
                 yield k, v
 
+    def subtree_pages(self, path: bytes, page: int = 4096, db=None) -> Iterator[list[tuple[bytes, bytes]]]:
+        """What :meth:`iter_subtree` yields, as lists of at most ``page`` ``(key, value)``
+        copies; each page opens a new cursor after the last key, so the caller may write
+        between pages (keys outside the subtree)."""
+        db = self.dbs.nodes if db is None else db
+        fixed = _fixed_size(self.dbs, db)
+        want = path + b"/"
+        for prefix, must_filter in keys.subtree_ranges(path):
+            last: bytes | None = None
+            while True:
+                cur = self.txn.cursor(db=db)
+                if not cur.set_range(last or prefix):
+                    break
+                if last is not None and cur.key() == last and not cur.next():
+                    break
+                out: list[tuple[bytes, bytes]] = []
+                seen = 0
+                ended = True
+                for k, v in cur.iternext():
+                    if not k.startswith(prefix):
+                        break
+                    seen += 1
+                    last = k
+                    if not (must_filter and not keys.path_of(k, bytes(v[fixed:])).startswith(want)):
+                        out.append((k, v))
+                    if seen >= page:
+                        ended = False
+                        break
+                if out:
+                    yield out
+                if ended:
+                    break
+
     # -- aggregates ---------------------------------------------------------------
     def stats(self, path: bytes) -> Stats | None:
         """Subtree aggregates of ``path`` in O(1); a file reports itself."""

@@ -18,7 +18,8 @@ from tests.e2e import Cluster
 # these modules drive the Linux inotify backend; other platforms run the agent on watchdog
 # and are covered by the rest of the suite
 if sys.platform != "linux":
-    collect_ignore = ["test_deep_tree.py", "test_repair_scope.py", "test_watch_scale.py"]
+    collect_ignore = ["test_deep_tree.py", "test_moves.py", "test_repair_scope.py",
+                      "test_watch_scale.py"]
 
 INGEST_KEY = "pipe-test-ingest"
 QUERY_KEY = "pipe-test-query"

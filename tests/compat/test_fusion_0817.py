@@ -9,6 +9,7 @@ and a create and a delete made afterwards must arrive through our agent's realti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -119,3 +120,15 @@ def _check(tree: Path, q: httpx.Client, agent: Proc, fusion: Proc) -> None:
     new.unlink()
     wait_until(lambda: stats_match(len(files)), REALTIME_DEADLINE, interval=0.1,
                what="the deleted file gone from /stats")
+
+    # a directory renamed: 0.8.17 names no extension in its session reply, so our agent
+    # sends the per-file form (a delete and the walk's rows), never a move row
+    os.rename(tree / "d0_1", tree / "d0_1 renamed")
+
+    def renamed():
+        r = q.get("/tree", params={"path": "/", "recursive": "true"})
+        return r.status_code == 200 and not tree_diff(walk_fs(tree), walk_view(r.json()),
+                                                      dir_mtimes=False)
+
+    wait_until(renamed, REALTIME_DEADLINE * 2, interval=0.2,
+               what="fusion 0.8.17's view to show the renamed directory")

@@ -25,7 +25,7 @@ router = APIRouter(prefix="/api/v1/pipe")
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    event_type: Literal["insert", "update", "delete"]
+    event_type: Literal["insert", "update", "delete", "move"]
     event_schema: str
     table: str
     fields: list[str]

@@ -134,12 +134,14 @@ class FsView:
         def job(w, st):
             applied = 0
             rejected = []
+            unresolved: list[str] = []
             for i, ev in enumerate(events):
                 res = rules.process_event(w, st, ev)
                 applied += res.applied
                 for rej in res.rejected:
                     rejected.append({"event": i, **rej})
-            return {"applied": applied, "rejected": rejected}
+                unresolved += res.unresolved
+            return {"applied": applied, "rejected": rejected, "unresolved": unresolved}
 
         return await self.run(job)
 
