@@ -22,7 +22,9 @@ serve`` (audits and the sentinel off) and ``fustor agent start`` as processes on
   200/s (the view's per-rename latency when the agent is not flooded);
 * ``mv_visible_s``, ``mv_rows_pushed``, ``mv_files`` — ``mv`` of ``/big_mv`` to another
   parent: until the view counts its files at the new path and none at the old, and the
-  rows the agent pushed for it (target ≤ 2 × files moved);
+  rows the agent pushed for it (target ≤ 2 × files moved): one move row when the whole
+  subtree is watched (fusion and agent both take the ``move`` extension), else a delete
+  and the rows of a walk of the new place;
 * ``rmrf_gone_s``, ``ghosts_after_s`` — ``rm -rf /big_rm``: until the view no longer has
   it, and the files the view still holds that the disk does not, ``--settle`` seconds
   (default 60) after the rm began;
