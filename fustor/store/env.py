@@ -258,7 +258,7 @@ class Store:
                 try:
                     w = TreeWriter(child, self.dbs)
                     result = fn(w)
-                    w.flush()
+                    w.finish()
                 except lmdb.MapFullError as exc:
                     child.abort()
                     raise exc
@@ -330,7 +330,7 @@ def _init_tables(env: lmdb.Environment, tree_id: str) -> None:
         w.put_meta("created_at", time.time())
         w.put_meta("migrations", [])
         w.upsert(keys.ROOT, True)
-        w.flush()
+        w.finish()
 
 
 def _open_db(env: lmdb.Environment, name: str, **kw):

@@ -560,10 +560,11 @@ class TreeWriter(TreeReader, StateWrites):
         for prefix, _ in ranges:
             if not cur.set_range(prefix):
                 continue
-            # the directory's own children, when the job created none of them: their
-            # entries are built with its id, looked up once (index.remove without the
-            # per-key pending-addition check and id lookup)
-            direct = counts is not None and prefix == ranges[0][0]
+            # the directory's own children, when the job created none of them (no pending
+            # aggregate under it, no pending index addition at all): their entries are built
+            # with its id, looked up once (index.remove without the per-key
+            # pending-addition check and id lookup)
+            direct = counts is not None and prefix == ranges[0][0] and not pending.adds
             if direct:
                 did, plen = index.known_id(self, pending, prefix), len(prefix)
                 drop, entry_of = pending.removes.append, index.folded_entry
@@ -756,13 +757,21 @@ class TreeWriter(TreeReader, StateWrites):
         e[6] += dnm
         e[7] += dchildren
 
+    def finish(self) -> None:
+        """The end of a job, before its commit: the name index's pending entries (written
+        once per job, so a node created and deleted within the job never reaches it),
+        then the pending aggregate deltas."""
+        index.flush(self)
+        self.flush()
+
     def flush(self) -> None:
-        """Apply pending aggregate deltas, deepest directory first, once per directory.
+        """Apply pending aggregate deltas, deepest directory first, once per directory
+        (call it before reading aggregates mid-job; the name index waits for
+        :meth:`finish`).
 
         Every pending entry is a change in that subtree, so it also moves the
         directory's ``last_change_at`` to this job's time and is handed on to the parent.
         """
-        index.flush(self)
         pend = self._pend
         if not pend:
             return

@@ -197,3 +197,31 @@ def test_directory_deletes_leave_no_entry_behind_whatever_the_job_did_first(tmp_
             assert [n.path for n in r.search("*", b"/").nodes] == [b"/keep/z"]  # files
         # no directory id is left for a directory that went
         assert sorted(_dir_ids(s)) == [b"/\0", b"/k\0", b"/keep\0", b"/s\0"]
+
+
+def test_a_flush_mid_job_leaves_the_name_index_to_the_job_end(tmp_path):
+    """Aggregates may be flushed mid-job (to read them); the name index is written once, at
+    the job's end. A node made and deleted in one job never reaches it, and a directory
+    deleted after a mid-job flush takes the children the job gave it."""
+    with Store(tmp_path / "s.lmdb") as s:
+        fill(s, [("/d/old", 1, 1.0), ("/big/f", 1, 1.0)])
+
+        def job(w):
+            w.upsert(N("/big/.tmp.XyZ"), False, 10, 9.0)
+            w.upsert(N("/d/new"), False, 1, 8.0)  # a child the job gives /d
+            w.flush()
+            assert w.stats(N("/big")).latest_mtime == 9.0
+            w.delete(N("/big/.tmp.XyZ"))
+            w.upsert(N("/big/final"), False, 10, 9.0)
+            w.flush()
+            w.delete(N("/d"))  # its stored aggregate is exact again: it holds /d/new too
+
+        s.write(job)
+        assert verify(s) == []
+        with s.read() as r:
+            assert sorted(n.path for n in r.search("*", b"/").nodes) == [b"/big/f", b"/big/final"]
+            assert r.search("*tmp*", b"/").nodes == []
+            assert r.stats(N("/big")).latest_mtime == 9.0
+            # the temporary name was never written, not even to the blocks of names
+            blocks = b"".join(bytes(v) for _k, v in r.txn.cursor(db=r.dbs.name_blobs))
+            assert b"\0final\0" in blocks and b"tmp" not in blocks
