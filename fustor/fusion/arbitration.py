@@ -261,8 +261,9 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
             res.rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
             continue
         wall = now()
-        if realtime:  # a realtime row that carries an mtime is a skew sample
-            wm = clock.update(mtime, given is not None)
+        if realtime:  # a realtime row that carries an mtime is a skew sample (not a move:
+            # a renamed directory keeps its mtime, which says nothing about the clocks)
+            wm = clock.update(mtime, given is not None and not moving)
         else:
             wm = wall if skew is None else wall - skew
         if mtime is not None and (deleting or given is not None):  # not rows without a time

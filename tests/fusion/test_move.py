@@ -127,3 +127,14 @@ def test_only_realtime_moves(view, wall, src):
     res = view.event(src, "move", [{"path": "/b", "moved_from": "/a", "is_directory": True}])
     assert res.applied == 0 and "realtime only" in res.rejected[0]["reason"]
     assert view.exists("/a/f") and not view.exists("/b")
+
+
+def test_a_move_is_not_a_clock_sample(view, wall):
+    """A renamed directory keeps its old mtime: it says nothing about the agent's clock
+    (a realtime update row with that mtime would be a sample)."""
+    view.upsert("snapshot", "/old/f", wall.t - 50_000, size=1)
+    assert view.st.clock.skew() is None
+    assert move(view, "/old", "/new", wall.t - 50_000).applied == 1
+    assert view.st.clock.skew() is None
+    view.upsert("realtime", "/new/g", wall.t - 50_000, size=1)
+    assert view.st.clock.skew() == 50_000
