@@ -441,14 +441,21 @@ class _Event:
                  audit_mark=src.audit_mark, current=None)
         cut = len(old)
         upsert = w.upsert
+        hashed = keys.needs_path_tail
         for page in w.subtree_pages(old):
             for k, v in page:
                 node = unpack_node(k, v)
-                upsert(path + node.path[cut:], node.is_dir, node.size, node.modified_time,
-                       node.created_time, last_updated_at=wall,
-                       integrity_suspect=node.integrity_suspect, known_by_agent=True,
-                       audit_skipped=node.audit_skipped, audit_mark=node.audit_mark,
-                       current=None)
+                fields = (path + node.path[cut:], node.is_dir, node.size, node.modified_time,
+                          node.created_time)
+                flags = {"last_updated_at": wall, "integrity_suspect": node.integrity_suspect,
+                         "known_by_agent": True, "audit_skipped": node.audit_skipped,
+                         "audit_mark": node.audit_mark}
+                if hashed(node.path):
+                    # a key under a long parent: key order puts its parent anywhere, so a
+                    # child may have made it already (as an empty directory): read it
+                    upsert(*fields, **flags)
+                else:  # its parent came before it and nothing under it yet: new
+                    upsert(*fields, **flags, current=None)
         if w.count(w.dbs.suspects):
             moved = [(path + p[cut:], exp, m) for page in w.subtree_pages(old, db=w.dbs.suspects)
                      for p, exp, m in _suspect_items(page)]

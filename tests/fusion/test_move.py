@@ -3,6 +3,8 @@ fusion ends where the per-file form (a delete, then a realtime update per node) 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fustor.store import keys
@@ -138,3 +140,22 @@ def test_a_move_is_not_a_clock_sample(view, wall):
     assert view.st.clock.skew() is None
     view.upsert("realtime", "/new/g", wall.t - 50_000, size=1)
     assert view.st.clock.skew() == 50_000
+
+
+def test_long_paths_and_names_that_are_not_utf8_move_too(view, wall):
+    t = wall.t - 10
+    long_old = "/" + "/".join(["a" * 60] * 4)  # 244 bytes: keys under it are hashed
+    long_new = "/" + "/".join(["b" * 60] * 4)
+    odd = os.fsdecode(b"caf\xe9")  # a Latin-1 name, carried as a lone surrogate
+    for name in ("x", odd, "y"):
+        view.upsert("realtime", f"{long_old}/{name}/f", t, size=3)
+    view.upsert("realtime", long_old + "-sibling/keep", t, size=1)  # shares the hashed prefix
+    res = move(view, long_old, long_new, t)
+    assert (res.applied, res.rejected) == (1, [])
+    assert {p for p in view.paths() if p.startswith(long_new + "/")} == {
+        f"{long_new}/{n}{tail}" for n in ("x", keys.display(os.fsencode(odd)), "y")
+        for tail in ("", "/f")}
+    assert not view.exists(long_old) and view.exists(long_old + "-sibling/keep")
+    res = move(view, f"/gone/{odd}", f"/new/{odd}", t)
+    assert res.unresolved == [f"/new/{odd}"]  # given back as sent (os.fsdecode form)
+    view.check()
