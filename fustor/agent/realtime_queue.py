@@ -167,6 +167,12 @@ class RealtimeQueue:
             self._cond.notify()
             return True
 
+    @property
+    def walks(self) -> int:
+        """Tree walks queued or running (a directory that appeared, being reported)."""
+        with self._cond:
+            return sum(self._pending_trees.values()) + (self._walking is not None)
+
     def set_walking(self, rel: str | None) -> None:
         """The drain walks the tree at ``rel`` now (None: no walk): no move may touch it."""
         with self._cond:

@@ -283,4 +283,5 @@ class FsSource:
             "queued_events": len(q),
             "queued_bytes": q.bytes,
             "moves_sent": w.moves_sent,
+            "tree_walks": q.walks,
         }

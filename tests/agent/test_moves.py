@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -47,7 +49,7 @@ async def settled(pipe) -> int:
     def quiet():
         st = pipe.source.status
         return (pipe.snapshot_done and st["fully_armed"] and st["queued_events"] == 0
-                and not pipe._staged and not pipe._pending_rt)
+                and st["tree_walks"] == 0 and not pipe._staged and not pipe._pending_rt)
 
     await until(quiet, what="the snapshot done and realtime idle")
     return pipe.rows_pushed
@@ -234,3 +236,83 @@ def test_a_tree_with_an_unwatched_directory_is_not_moved(tmp_path):
     assert ("delete", "/crowd", None) in events and ("update", "/crowd2", None) in events
     assert ("move", "/small2", "/small") in events
     assert got["status"]["moves_sent"] == 1
+
+
+def _fs_paths(root: Path) -> dict[str, int]:
+    out = {"/": -1}
+    for top, dnames, fnames in os.walk(root):
+        rel = "/" + os.path.relpath(top, root) if top != str(root) else ""
+        for d in dnames:
+            out[f"{rel}/{d}"] = -1
+        for f in fnames:
+            out[f"{rel}/{f}"] = os.lstat(os.path.join(top, f)).st_size
+    return out
+
+
+def _view_paths(fusion) -> dict[str, int]:
+    from fustor.store import keys
+
+    with fusion.views["v1"].store.read() as r:
+        return {n.path_str: (-1 if n.is_dir else n.size) for _d, n in r.walk(keys.ROOT)}
+
+
+async def test_a_burst_of_renames_creates_and_deletes_converges(root, fusion, run_pipe):
+    """Directory renames mixed with what makes a move unsafe — a directory made and filled
+    just before its rename (its walk still pending), renames of renames, changes inside
+    right after, deletes — done as fast as the calls go: the view ends equal to the tree."""
+    rnd = random.Random(7)
+    make_tree(root, dirs=4, files_per_dir=10)
+    transport = httpx.ASGITransport(app=create_app(fusion))
+    pipe = await run_pipe(make_pipe(root, transport))
+    await settled(pipe)
+    dirs = [root / f"d{i}" for i in range(4)]
+    for step in range(300):
+        op = rnd.random()
+        d = rnd.choice(dirs) if dirs else root
+        if op < 0.3:  # a new directory with files, sometimes renamed at once
+            new = d / f"n{step}"
+            new.mkdir()
+            for j in range(rnd.randrange(4)):
+                (new / f"x{j}").write_bytes(b"n" * j)
+            dirs.append(new)
+            if rnd.random() < 0.5:
+                moved = root / f"m{step}"
+                os.rename(new, moved)
+                dirs = [p for p in dirs if not p.is_relative_to(new)] + [moved]
+        elif op < 0.6 and d != root:  # rename a directory somewhere else in the tree
+            target = rnd.choice([p for p in dirs if not p.is_relative_to(d)] + [root])
+            dest = target / f"r{step}"
+            os.rename(d, dest)
+            dirs = [dest / p.relative_to(d) if p.is_relative_to(d) else p for p in dirs]
+        elif op < 0.8:  # a file written inside
+            (d / f"f{step}").write_bytes(b"z" * (step % 13))
+        elif op < 0.9 and len(dirs) > 3 and d != root:  # a whole directory removed
+            shutil.rmtree(d)
+            dirs = [p for p in dirs if not p.is_relative_to(d)]
+        else:  # a file removed, if there is one
+            files = [p for p in d.iterdir() if p.is_file()]
+            if files:
+                rnd.choice(files).unlink()
+    want = _fs_paths(root)
+    got: dict = {}
+
+    def equal():
+        got["v"] = _view_paths(fusion)
+        return got["v"] == want
+
+    try:
+        await until(equal, timeout=30, what="the view to equal the tree")
+    except AssertionError:
+        extra = sorted(set(got["v"]) - set(want))[:10]
+        missing = sorted(set(want) - set(got["v"]))[:10]
+        raise AssertionError(f"view differs: extra {extra}, missing {missing}") from None
+    assert pipe.rows_dropped == 0 and pipe.rows_rejected == 0
+    # in a burst many renames go per-file (a walk of the place is pending); once quiet, one
+    # is a move again
+    sent = pipe.source.status["moves_sent"]
+    await settled(pipe)
+    top = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    os.rename(top, root / "quiet rename")
+    want = _fs_paths(root)
+    await until(equal, timeout=30, what="the view to equal the tree after a quiet rename")
+    assert pipe.source.status["moves_sent"] == sent + 1

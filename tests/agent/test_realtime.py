@@ -64,7 +64,7 @@ def test_status_before_during_and_after_watching(root, make_source, backend):
                           "watch_limit_reached": False, "overflowed": False,
                           "last_overflow_at": None, "unreadable": [], "scan_errors": 0,
                           "events_dropped": 0, "events_coalesced": 0, "queued_events": 0,
-                          "queued_bytes": 0, "moves_sent": 0}
+                          "queued_bytes": 0, "moves_sent": 0, "tree_walks": 0}
     src.start_watch()
     src.start_watch()  # idempotent
     src.arm()
