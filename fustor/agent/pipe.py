@@ -362,6 +362,12 @@ class AgentPipe:
                 except (asyncio.CancelledError, Exception):
                     pass
 
+    @property
+    def realtime_backlog(self) -> int:
+        """Realtime events taken off the watcher and not yet acknowledged by fusion
+        (staged for the next push, or in the push in flight)."""
+        return len(self._staged) + len(self._pending_rt)
+
     # -- heartbeat and commands -----------------------------------------------------
     @property
     def lag_s(self) -> float | None:

@@ -49,7 +49,7 @@ async def settled(pipe) -> int:
     def quiet():
         st = pipe.source.status
         return (pipe.snapshot_done and st["fully_armed"] and st["queued_events"] == 0
-                and st["tree_walks"] == 0 and not pipe._staged and not pipe._pending_rt)
+                and st["tree_walks"] == 0 and pipe.realtime_backlog == 0)
 
     await until(quiet, what="the snapshot done and realtime idle")
     return pipe.rows_pushed
