@@ -284,6 +284,12 @@ class AgentPipe:
             use(bool(self.session_id and self._fusion_moves and self.snapshot_done
                      and self.s.startup_mode != "message-only"))
 
+    def _rewalk(self, path) -> None:
+        """Send the directory at ``path`` as the rows of a walk (a move fusion did not take)."""
+        rewalk = getattr(self.source, "rewalk", None)
+        if rewalk is not None and isinstance(path, str):
+            rewalk(path)
+
     def _drop_session(self) -> None:
         self.session_id = None
         self.role = None
@@ -457,10 +463,8 @@ class AgentPipe:
         if unresolved:  # fusion did not hold those trees: send their rows after all
             log.info("pipe %s: fusion could not move %d directory(ies) (%s): walking them",
                      self.pipe_id, len(unresolved), unresolved[0])
-            rewalk = getattr(self.source, "rewalk", None)
             for path in unresolved:
-                if isinstance(path, str) and rewalk is not None:
-                    rewalk(path)
+                self._rewalk(path)
         rejected = reply.get("rejected") if isinstance(reply, dict) else None
         if rejected:
             self.rows_rejected += len(rejected)
@@ -489,9 +493,7 @@ class AgentPipe:
                         self.pipe_id, rows[0].get("moved_from"), exc)
             await self._push([make_event([{"path": rows[0].get("moved_from")}], "realtime",
                                          "delete")], phase)
-            rewalk = getattr(self.source, "rewalk", None)
-            if rewalk is not None and isinstance(rows[0].get("path"), str):
-                rewalk(rows[0]["path"])
+            self._rewalk(rows[0].get("path"))
             return
         self.rows_dropped += len(rows)
         path = rows[0].get("path") if rows and isinstance(rows[0], dict) else None

@@ -189,26 +189,23 @@ class RealtimeQueue:
             if p in pending:
                 return True
 
-    def _pop_tail_under(self, path: bytes) -> int:
+    def _pop_tail_under(self, path: bytes) -> None:
         q = self._q
         prefix = path + b"/"
-        popped = 0
         while q:
             tail = q[-1]
             kind = tail[0] & KIND_MASK
             if kind == MOVE:  # it also deletes its old place: never dropped
-                return popped
+                return
             off = _UPDATE_HEAD if kind == UPDATE else _HEAD
             if not (tail.startswith(prefix, off) or (len(tail) - off == len(path)
                                                       and tail.endswith(path))):
-                return popped
+                return
             q.pop()
-            popped += 1
             self._bytes -= len(tail) + ENTRY_OVERHEAD
             self.coalesced += 1
             if kind == TREE:
                 self._tree_taken(tail[off:])
-        return popped
 
     def _tree_taken(self, path: bytes) -> None:
         n = self._pending_trees.get(path, 0) - 1

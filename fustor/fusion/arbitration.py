@@ -81,7 +81,6 @@ from fustor.fusion.audit import (
 from fustor.fusion.suspects import MISSING, sweep_chunk, sweep_suspects, update_suspect
 from fustor.fusion.view_state import ViewState
 from fustor.store import TreeWriter, keys
-from fustor.store.records import PAIR as _PAIR
 from fustor.store.records import unpack_node
 
 __all__ = [
@@ -429,55 +428,36 @@ class _Event:
         n = w.delete(path)
         if cap is not None and n:
             cap.invalidate()
-        # realtime updates lift tombstones and blind-spot entries at the places they write
+        # realtime updates lift tombstones and blind deletions at the places they write
+        # (blind additions there went with the nodes the delete above removed)
         if self.has_tombs:
-            self._drop_state_at(path, w.dbs.tombstones)
-        if self.has_add:
-            self._drop_state_at(path, w.dbs.blind_additions)
+            w.lift_tombstones(path)
         if self.has_del:
-            self._drop_state_at(path, w.dbs.blind_deletions)
+            w.discard_blind_at_and_below("deletions", path)
         w.upsert(path, True, size, mtime, ctime, last_updated_at=wall, integrity_suspect=False,
                  known_by_agent=True, audit_skipped=src.audit_skipped,
                  audit_mark=src.audit_mark, current=None)
         cut = len(old)
-        upsert = w.upsert
-        hashed = keys.needs_path_tail
+        upsert, get, hashed = w.upsert, w.get, keys.needs_path_tail
         for page in w.subtree_pages(old):
             for k, v in page:
                 node = unpack_node(k, v)
-                fields = (path + node.path[cut:], node.is_dir, node.size, node.modified_time,
-                          node.created_time)
-                flags = {"last_updated_at": wall, "integrity_suspect": node.integrity_suspect,
-                         "known_by_agent": True, "audit_skipped": node.audit_skipped,
-                         "audit_mark": node.audit_mark}
-                if hashed(node.path):
-                    # a key under a long parent: key order puts its parent anywhere, so a
-                    # child may have made it already (as an empty directory): read it
-                    upsert(*fields, **flags)
-                else:  # its parent came before it and nothing under it yet: new
-                    upsert(*fields, **flags, current=None)
+                new = path + node.path[cut:]
+                # Key order puts a node after its parent, with nothing under it made yet,
+                # except for a key under a long (hashed) parent: a child may have made it
+                # already, as an empty directory, so it is read.
+                upsert(new, node.is_dir, node.size, node.modified_time, node.created_time,
+                       last_updated_at=wall, integrity_suspect=node.integrity_suspect,
+                       known_by_agent=True, audit_skipped=node.audit_skipped,
+                       audit_mark=node.audit_mark,
+                       current=get(new) if hashed(node.path) else None)
         if w.count(w.dbs.suspects):
-            moved = [(path + p[cut:], exp, m) for page in w.subtree_pages(old, db=w.dbs.suspects)
-                     for p, exp, m in _suspect_items(page)]
-            for p, exp, m in moved:
-                w.put_suspect(p, exp, m)
+            for p, exp, m in list(w.iter_suspects_under(old)):
+                w.put_suspect(path + p[cut:], exp, m)
         self.delete(row, old, None, None, wall, wm)  # the old place: a realtime delete
         if cap is not None:
             cap.invalidate()
         return True
-
-    def _drop_state_at(self, path: bytes, db) -> None:
-        w = self.w
-        keys_at = [k for page in w.subtree_pages(path, db=db) for k, _v in page]
-        keys_at.append(keys.node_key(path))
-        if db is w.dbs.tombstones:
-            for k in keys_at:
-                v = w.txn.get(k, db=db)
-                if v is not None:
-                    w.delete_tombstone(keys.path_of(k, bytes(v[16:])))
-            return
-        for k in keys_at:
-            w.txn.delete(k, db=db)
 
     # -- upsert rows ----------------------------------------------------------------
     def upsert(self, row: dict, path: bytes, mtime: float, fields: tuple, wall: float,
@@ -595,12 +575,6 @@ class _Event:
         elif suspect is False and was_suspect and not switch:
             w.delete_suspect(path)
         return True
-
-
-def _suspect_items(page):
-    for k, v in page:
-        exp, m = _PAIR.unpack_from(v)
-        yield keys.path_of(k, bytes(v[_PAIR.size:])), exp, m
 
 
 def _exact_dir(w: TreeWriter, parent_path):

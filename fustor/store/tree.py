@@ -42,6 +42,7 @@ from fustor.store.records import (
     ENTRY,
     IS_DIR,
     NODE,
+    PAIR,
     Aggregate,
     Node,
     Stats,
@@ -194,21 +195,14 @@ class TreeReader(StateReads):
 
     def iter_subtree(self, path: bytes, db=None) -> Iterator[tuple[bytes, bytes]]:
         """Raw ``(key, value)`` of every strict descendant of ``path`` in ``db`` (default nodes)."""
-        db = self.dbs.nodes if db is None else db
-        fixed = _fixed_size(self.dbs, db)
-        want = path + b"/"
-        for prefix, must_filter in keys.subtree_ranges(path):
-            for k, v in self._range(prefix, db=db):
-                if must_filter and not keys.path_of(k, bytes(v[fixed:])).startswith(want):
-                    continue
-                if path == keys.ROOT and k == keys.ROOT:
-                    continue
-                yield k, v
+        for page in self.subtree_pages(path, db=db):
+            yield from page
 
     def subtree_pages(self, path: bytes, page: int = 4096, db=None) -> Iterator[list[tuple[bytes, bytes]]]:
-        """What :meth:`iter_subtree` yields, as lists of at most ``page`` ``(key, value)``
-        copies; each page opens a new cursor after the last key, so the caller may write
-        between pages (keys outside the subtree)."""
+        """:meth:`iter_subtree` as lists of at most ``page`` ``(key, value)`` copies; each
+        page opens a new cursor after the last key, so the caller may write between pages
+        (keys outside the subtree). Not for DUPSORT tables (a page resumes after a key, not
+        after one of its values)."""
         db = self.dbs.nodes if db is None else db
         fixed = _fixed_size(self.dbs, db)
         want = path + b"/"
@@ -228,7 +222,9 @@ class TreeReader(StateReads):
                         break
                     seen += 1
                     last = k
-                    if not (must_filter and not keys.path_of(k, bytes(v[fixed:])).startswith(want)):
+                    if k != keys.ROOT and (  # the root's range holds its own key
+                            not must_filter
+                            or keys.path_of(k, bytes(v[fixed:])).startswith(want)):
                         out.append((k, v))
                     if seen >= page:
                         ended = False
@@ -267,6 +263,14 @@ class TreeReader(StateReads):
         for _k, _v in self.iter_subtree(path, self.dbs.suspects):
             n += 1
         return n
+
+    def iter_suspects_under(self, path: bytes) -> Iterator[tuple[bytes, float, float]]:
+        """``(path, expires_at, recorded_mtime)`` of the suspect entries strictly below
+        ``path``, read in pages (the caller may write between them)."""
+        for page in self.subtree_pages(path, db=self.dbs.suspects):
+            for k, v in page:
+                exp, m = PAIR.unpack_from(v)
+                yield keys.path_of(k, bytes(v[PAIR.size:])), exp, m
 
     def stats_by_scan(self, path: bytes) -> Stats | None:
         """The same figures as :meth:`stats`, recomputed by a range scan (for checking)."""
@@ -711,6 +715,18 @@ class TreeWriter(TreeReader, StateWrites):
     def _drop_child_index(self, d: bytes, key: bytes) -> None:
         self.txn.delete(key, db=self.dbs.child_mtimes)
         self._dirs[d] = False
+
+    def lift_tombstones(self, path: bytes) -> None:
+        """Drop the tombstones at and below ``path`` (what realtime rows written there do)."""
+        below = [keys.path_of(k, bytes(v[PAIR.size:]))
+                 for page in self.subtree_pages(path, db=self.dbs.tombstones) for k, v in page]
+        for p in (path, *below):
+            self.delete_tombstone(p)
+
+    def discard_blind_at_and_below(self, kind: str, path: bytes) -> None:
+        """Drop the blind-spot entries of ``kind`` at and below ``path``."""
+        self._delete_range(path, self._blind_db(kind))
+        self.discard_blind(kind, path)
 
     def _delete_range(self, path: bytes, db, count_dirs: bool = False):
         """Delete ``path``'s strict descendants from ``db``; returns how many (and, with
