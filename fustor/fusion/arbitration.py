@@ -81,7 +81,7 @@ from fustor.fusion.audit import (
 from fustor.fusion.suspects import MISSING, sweep_chunk, sweep_suspects, update_suspect
 from fustor.fusion.view_state import ViewState
 from fustor.store import TreeWriter, keys
-from fustor.store.records import unpack_node
+from fustor.store.records import AUDIT_SKIPPED, IS_DIR, KNOWN, SUSPECT, unpack_node
 
 __all__ = [
     "EPS", "TEPS", "EventResult", "LogicalClock", "ViewState", "audit_end", "audit_end_step",
@@ -231,13 +231,18 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     apply = ctx.delete if deleting else ctx.move if moving else ctx.upsert
     latency = st.last_event_latency_ms
     applied = ignored = 0
-    given = fields = None
     # the real clock, not the view's (tests move that one): a sanity bound on input
     latest = _wall_clock() + MAX_FUTURE_S
     # only realtime rows can be skew samples: in any other event the skew holds for every
     # row, so the watermark is the row's wall time minus it (what clock.update returns)
     skew = None if realtime else clock.skew()
-    for i, row in enumerate(rows):
+    rejected = res.rejected
+
+    def one(i: int, row) -> bool:
+        """The rules for one row: validate, take the clock, apply. True when the row's
+        time became the event's latency."""
+        nonlocal applied, ignored, latency
+        given = fields = None
         try:
             if row.__class__ is not dict:
                 raise _Invalid("row is not an object")
@@ -257,20 +262,31 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
                                        "true); a file's move is a delete and an update")
                     fields += (_moved_from(row, path),)
         except _Invalid as exc:
-            res.rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
-            continue
+            rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
+            return False
         wall = now()
         if realtime:  # a realtime row that carries an mtime is a skew sample (not a move:
             # a renamed directory keeps its mtime, which says nothing about the clocks)
             wm = clock.update(mtime, given is not None and not moving)
         else:
             wm = wall if skew is None else wall - skew
-        if mtime is not None and (deleting or given is not None):  # not rows without a time
+        timed = mtime is not None and (deleting or given is not None)  # not rows without a time
+        if timed:
             latency = (wm - mtime) * 1000.0 if wm > mtime else 0.0
         if apply(row, path, mtime, fields, wall, wm):
             applied += 1
         else:
             ignored += 1
+        return timed
+
+    if src == SNAPSHOT and not deleting and ctx.cap is None:  # a crawl: mostly new paths
+        done, lat = ctx.new_snapshot_rows(rows, one, latest, skew)
+        applied += done
+        if lat is not None:
+            latency = lat
+    else:
+        for i, row in enumerate(rows):
+            one(i, row)
     if src == AUDIT:
         st.audit_rows_seen += applied + ignored
     if applied or ignored:
@@ -368,6 +384,88 @@ class _Event:
         if node is not None and node.audit_mark != cycle:
             node.audit_mark = cycle
             w.put_flags(node)
+
+    # -- snapshot rows of new paths (the bulk of a crawl) --------------------------------
+    def new_snapshot_rows(self, rows: list, one, latest: float, skew) -> tuple[int, float | None]:
+        """Apply a snapshot event's rows, creating the nodes of new paths here and handing
+        every other row to ``one(index, row)`` (the general rules). Returns the rows
+        created here and the event's latency when its last timed row was one of them.
+
+        A row of a new path, with no tombstone, ends in the general rules as a plain
+        create (nothing to compare, Rule 3 is the audit's): the node is written with
+        ``known_by_agent``, and as a suspect when the file is younger than the hot-file
+        threshold. Here a row in the form our agents and 0.8.17's send (a canonical ``str``
+        path under a short parent, float times, an int size, ``is_directory`` a bool) is
+        checked field by field without the general validation, and one put both tests
+        that the path is new and writes it (``TreeWriter.create``). Anything else, and
+        a path that exists, takes the general rules, which decide exactly as before."""
+        w = self.w
+        st = self.st
+        now = st.now
+        T = st.hot_file_threshold
+        create = w.create
+        txn = w.txn
+        tombs = w.dbs.tombstones if self.has_tombs else None
+        root = _ROOT
+        limit = keys.PARENT_LIMIT
+        done = 0
+        lat = None
+        for i, row in enumerate(rows):
+            if row.__class__ is dict:
+                p = row.get("path") or row.get("file_path")
+                m = row.get("modified_time")
+                c = row.get("created_time")
+                z = row.get("size")
+                d = row.get("is_directory")
+                if (p.__class__ is str and m.__class__ is float and c.__class__ is float
+                        and z.__class__ is int and (d is True or d is False)
+                        and MIN_TIME <= m <= latest and MIN_TIME <= c <= latest
+                        and 0 <= z < SIZE_LIMIT):
+                    try:
+                        raw = p.encode("utf-8", "surrogateescape")
+                    except UnicodeEncodeError:
+                        raw = b""
+                    k = raw.rfind(b"/")
+                    # keys.normalise's fast path, and node_key for a short parent
+                    if (0 <= k <= limit and raw[:1] == b"/" and raw[-1:] != b"/"
+                            and len(raw) <= 256 and b"//" not in raw and b"/." not in raw
+                            and b"\0" not in raw):
+                        if k == 0:
+                            parent, key = root, b"/\0" + raw[1:]
+                        else:
+                            parent = raw[:k]
+                            key = parent + b"\0" + raw[k + 1:]
+                        if tombs is None or txn.get(key, db=tombs) is None:
+                            wall = now()
+                            wm = wall if skew is None else wall - skew
+                            age = wm - m
+                            hot = age < T
+                            flags = (KNOWN | (SUSPECT if hot else 0)
+                                     | ((IS_DIR | (AUDIT_SKIPPED if row.get("audit_skipped")
+                                                   else 0)) if d else 0))
+                            if create(raw, key, parent, flags, z, m, c):
+                                done += 1
+                                lat = age * 1000.0 if age > 0 else 0.0
+                                # (no blind addition to drop: those die with their node)
+                                if hot:
+                                    self._new_suspect(raw, wall, age, m)
+                                continue
+            if one(i, row):
+                lat = None
+        return done, lat
+
+    def _new_suspect(self, path: bytes, wall: float, age: float, mtime: float) -> None:
+        """A suspect entry for a node a stat-walk row found hot: it stays one for what is
+        left of the hot-file threshold. Existing entries are not renewed (repeating a hot
+        row does not extend it)."""
+        w = self.w
+        T = self.st.hot_file_threshold
+        entry = w.suspect(path)
+        if entry is None:
+            life = T - age
+            w.put_suspect(path, wall + (T if life > T else (life if life > 0 else 0.0)), mtime)
+        elif entry[1] == MISSING:  # the scan saw the file: drop the sentinel's report
+            w.put_suspect(path, entry[0], mtime)
 
     # -- delete rows ----------------------------------------------------------------
     def delete(self, row: dict, path: bytes, mtime, _fields, wall: float, wm: float) -> bool:
@@ -565,13 +663,7 @@ class _Event:
             w.add_blind("additions", path)
             self.has_add = True
         if suspect:
-            # Existing entries are not renewed: repeating a hot row does not extend it.
-            entry = w.suspect(path)
-            if entry is None:
-                life = T - age
-                w.put_suspect(path, wall + (T if life > T else (life if life > 0 else 0.0)), mtime)
-            elif entry[1] == MISSING:  # the scan saw the file: drop the sentinel's report
-                w.put_suspect(path, entry[0], mtime)
+            self._new_suspect(path, wall, age, mtime)
         elif suspect is False and was_suspect and not switch:
             w.delete_suspect(path)
         return True

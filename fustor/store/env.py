@@ -26,7 +26,7 @@ from fustor.errors import (
     StoreFormatError,
 )
 from fustor.store import keys
-from fustor.store.records import Node
+from fustor.store.records import IS_DIR, Node
 from fustor.store.tree import DUPSORT, Dbs, TreeReader, TreeWriter
 from fustor.store.writer import Writer, is_disk_full
 
@@ -364,12 +364,17 @@ def apply_changes(w: TreeWriter, changes) -> int:
     """Apply ``("upsert", path, is_dir, size, mtime, ctime)`` / ``("delete", path)`` tuples."""
     n = 0
     norm = keys.normalise
+    create, node_key, parent_of = w.create, keys.node_key, keys.parent_of
     for ch in changes:
         if ch[0] == "delete":
             w.delete(norm(ch[1]))
         else:
             _op, path, is_dir, size, mtime, ctime = ch
-            w.upsert(norm(path), is_dir, size, mtime, ctime)
+            path = norm(path)
+            # a new path is one put (TreeWriter.create); an existing one is updated
+            if path == keys.ROOT or not create(path, node_key(path), parent_of(path),
+                                               IS_DIR if is_dir else 0, size, mtime, ctime):
+                w.upsert(path, is_dir, size, mtime, ctime)
         n += 1
     return n
 

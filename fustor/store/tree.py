@@ -19,7 +19,7 @@ children (files' mtimes and subdirectories' aggregates), never from the subtree 
 through the ``child_mtimes`` index in O(log n) for a directory of ``BIG_DIR`` or more
 children.
 
-Other derived tables hook in where nodes are made and removed: ``_create`` (every new
+Other derived tables hook in where nodes are made and removed: ``create`` (every new
 node), ``_delete_at`` (the node deleted) and ``_delete_subtree`` /
 ``_delete_subtree_by_walk`` (a deleted directory's descendants); their rebuild from
 the nodes is a builder in ``fustor/store/derive.py``.
@@ -68,6 +68,8 @@ _unpack_agg = AGG.unpack_from
 _entry = ENTRY.pack
 _bits = DOUBLE.pack
 _seed_copy = DIGEST_SEED.copy
+_pack_node = NODE.pack
+_TAIL_MIN = keys.PARENT_LIMIT + 1
 # a directory with this many direct children keeps an index of their mtimes (so the
 # newest is found in O(log n)); it loses the index again below SMALL_DIR
 BIG_DIR = 512
@@ -442,38 +444,63 @@ class TreeWriter(TreeReader, StateWrites):
         self.txn.put(keys.node_key(node.path), pack_node(node), db=self.dbs.nodes)
 
     def _create(self, node: Node, key: bytes, parent: bytes) -> None:
-        self.txn.put(key, pack_node(node), db=self.dbs.nodes)
-        index.add(self, key)
-        path, is_dir, size, m = node.path, node.is_dir, node.size, node.modified_time
-        # entry_digests, inlined: this runs for every new node
+        """Create ``node``, known to be absent (the caller just read or removed it)."""
+        if not self.create(node.path, key, parent, node.flags(), node.size,
+                           node.modified_time, node.created_time, node.last_updated_at,
+                           node.audit_mark):
+            raise AssertionError(f"store: {keys.display(node.path)!r} exists already")
+
+    def create(self, path: bytes, key: bytes, parent: bytes, flags: int, size: int,
+               mtime: float, ctime: float, last_updated_at: float = 0.0,
+               audit_mark: int = 0) -> bool:
+        """Create the node at ``path`` (node key ``key``, parent directory ``parent``)
+        unless one is there already: then nothing is written and the answer is False.
+        Missing parents are created as empty directories. ``flags``: the record's flag
+        bits (``records.IS_DIR``, ``SUSPECT``, ``KNOWN``, ``AUDIT_SKIPPED``).
+
+        One put decides existence (``overwrite=False``), so a crawl's new rows cost no
+        read; this runs for every new node."""
+        if parent not in self._dirs and path != keys.ROOT:
+            self._ensure_dir(parent)
+        rec = _pack_node(flags, size, mtime, ctime, last_updated_at, audit_mark)
+        # keys.needs_path_tail, inlined: only a path this long can need it
+        if len(path) > _TAIL_MIN and path.rfind(b"/") > keys.PARENT_LIMIT:
+            rec += path
+        if not self.txn.put(key, rec, overwrite=False, db=self.dbs.nodes):
+            return False
+        if key != keys.ROOT:  # index.add, inlined
+            self.index_pending.adds[key] = None
+        is_dir = flags & IS_DIR
+        # entry_digests, inlined
         h = _seed_copy()
         h.update(path + _entry(is_dir, 0 if is_dir else size))
         dnm = _int(h.digest(), "little")
-        dig = dnm * (_int(_bits(m), "little") + 1)
+        dig = dnm * (_int(_bits(mtime), "little") + 1)
         if not is_dir:
             e = self._pend.get(parent)
             if e is None:
-                self._acc(parent, 1, 0, size, m, None, dig, dnm, 1)
+                self._acc(parent, 1, 0, size, mtime, None, dig, dnm, 1)
             else:  # the common case of a crawl: _acc inlined
                 e[0] += 1
                 e[2] += size
-                if m > e[3]:
-                    e[3] = m
+                if mtime > e[3]:
+                    e[3] = mtime
                 e[5] += dig
                 e[6] += dnm
                 e[7] += 1
             if self._dirs[parent]:
-                self._index_put(parent, path, m)
+                self._index_put(parent, path, mtime)
         else:
-            self.txn.put(key, pack_agg(path, (0, 1, 0, m, dig, dnm, self.now, 0)),
+            self.txn.put(key, pack_agg(path, (0, 1, 0, mtime, dig, dnm, self.now, 0)),
                          db=self.dbs.aggregates)
             self._dirs[path] = False
             self._note(path)
             if path != keys.ROOT:
-                self._acc(parent, 0, 1, 0, m, None, dig, dnm, 1)
+                self._acc(parent, 0, 1, 0, mtime, None, dig, dnm, 1)
                 if self._dirs[parent]:
-                    self._index_put(parent, path, m)
+                    self._index_put(parent, path, mtime)
         # (node created: hooks of other derived tables go here)
+        return True
 
     def _ensure_dir(self, d: bytes) -> None:
         missing = []

@@ -105,12 +105,16 @@ async def test_bad_payloads_are_refused_with_the_field_named_and_change_nothing(
 async def test_rows_with_bad_paths_are_rejected_with_reasons_and_the_rest_applies(fusion_app):
     _f, c = fusion_app
     sid = (await open_session(c))["session_id"]
-    rows = [row("/ok.txt"), row("/../etc/passwd"), row("/n\x00ul"), row("/" + "x" * 300), row("/ok2.txt")]
+    rows = [row("/ok.txt"), row("/../etc/passwd"), row("/n\x00ul"), row("/" + "x" * 300), row("/ok2.txt"),
+            5, "a string", None]
     r = await push(c, sid, batch([event(rows)], is_end=True))
     assert r.status_code == 200
     rejected = r.json()["rejected"]
-    assert sorted(x["path"] for x in rejected) == sorted(["/../etc/passwd", "/n\x00ul", "/" + "x" * 300])
+    assert sorted(str(x["path"]) for x in rejected) == sorted(
+        ["/../etc/passwd", "/n\x00ul", "/" + "x" * 300, "None", "None", "None"])
     assert all(x["reason"] for x in rejected)
+    assert [x["index"] for x in rejected if x["path"] is None] == [5, 6, 7]
+    assert {x["reason"] for x in rejected if x["path"] is None} == {"row is not an object"}
     st = (await c.get("/api/v1/views/research/stats", headers=Q)).json()
     assert st["file_count"] == 2
 

@@ -29,7 +29,10 @@ class Event(BaseModel):
     event_schema: str
     table: str
     fields: list[str]
-    rows: list[dict]
+    # each row is checked by the rules, which reject a bad row alone (a row that is not an
+    # object too) and apply the rest; checking every row here as well cost as much as
+    # parsing the JSON
+    rows: list
     index: int = -1
     message_source: Literal["realtime", "snapshot", "audit", "on_demand_job"] = "realtime"
     metadata: dict | None = None
