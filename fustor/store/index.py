@@ -19,10 +19,13 @@ Four tables (layout and the measurements behind it in ``fustor/store/README.md``
   goes stays in its block (stale; ``meta.name_blob_stale`` counts them) until a
   compaction pass rewrites the full blocks one per job (:func:`compact_step`), or
   :func:`build_index` rewrites them all.
-- ``name_filters``: block number -> a 4 KiB trigram filter of that block, written once when
-  the block fills up (blocks never change after). A literal whose trigrams are not all
-  in a block's filter is not in that block, so a rare or absent literal reads ~4 KiB of
-  filter per 16 KiB block instead of the block.
+- ``name_filters``: block number -> a 4 KiB trigram filter of that block, written once
+  the block is full (blocks never change after, until a compaction rewrites both). A
+  literal whose trigrams are not all in a block's filter is not in that block, so a rare
+  or absent literal reads ~4 KiB of filter per 16 KiB block instead of the block. Write
+  jobs leave the filters of the blocks they fill to :func:`write_filters` (fusion runs it
+  when the view's writer is idle), always in block order: the filtered blocks come first,
+  and search reads every block after the last filtered one whole.
 
 The writer calls :func:`add` when it creates a node, :func:`remove` for each node it
 deletes (a directory delete then :func:`forget_dirs` for the directories that went, or
@@ -37,7 +40,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 from fustor.store import keys
 from fustor.store.records import IS_DIR, NODE
@@ -247,8 +251,8 @@ def flush(w) -> None:
     if p.adds:
         _put_entries(w, p)
     stale = p.stale
-    if p.new_names:
-        append_names(w.txn, w.dbs, p.new_names)
+    if p.new_names:  # the filters of blocks this fills are written later (write_filters)
+        append_names(w.txn, w.dbs, p.new_names, filters=False)
         w.put_meta(IN_BLOCKS, int(w.meta(IN_BLOCKS, 0) or 0) + len(p.new_names))
         p.new_names = []
     if stale:
@@ -271,20 +275,23 @@ def compact_step(w, at: int | None) -> None:
             return
         at = 0
     txn, dbs = w.txn, w.dbs
-    cur = txn.cursor(db=dbs.name_filters)
-    if not cur.set_range(BLOCK_NO.pack(at)):
+    cur = txn.cursor(db=dbs.name_blobs)
+    last = cur.key() if cur.last() else None
+    # full blocks only: the last one is still filling up
+    if last is None or not cur.set_range(BLOCK_NO.pack(at)) or cur.key() == last:
         w.put_meta(STALE, 0)  # the pass is over (names deleted during it wait for the next)
         txn.delete(COMPACT_AT.encode(), db=dbs.meta)
         return
     k = cur.key()
-    names = txn.get(k, db=dbs.name_blobs)[1:-1].split(b"\0")
+    names = cur.value()[1:-1].split(b"\0")
     keep = [f for f in names if txn.get(f, db=dbs.names) is not None]
     gone = len(names) - len(keep)
     if gone:
         if keep:
             block = b"\0" + b"\0".join(keep) + b"\0"
             txn.put(k, block, db=dbs.name_blobs)
-            txn.put(k, trigram_filter(block), db=dbs.name_filters)
+            if txn.get(k, db=dbs.name_filters) is not None:  # else write_filters makes it
+                txn.put(k, trigram_filter(block), db=dbs.name_filters)
         else:
             txn.delete(k, db=dbs.name_blobs)
             txn.delete(k, db=dbs.name_filters)
@@ -293,8 +300,9 @@ def compact_step(w, at: int | None) -> None:
     w.put_meta(COMPACT_AT, BLOCK_NO.unpack(k)[0] + 1)
 
 
-def append_names(txn, dbs, names: list[bytes]) -> None:
-    """Append ``names`` to the last block; each block that fills up gets its trigram filter."""
+def append_names(txn, dbs, names: list[bytes], filters: bool = True) -> None:
+    """Append ``names`` to the last block. Each block that fills up gets its trigram filter,
+    or with ``filters`` false none yet: :func:`write_filters` writes it later."""
     blobs = dbs.name_blobs
     cur = txn.cursor(db=blobs)
     if cur.last():
@@ -306,12 +314,46 @@ def append_names(txn, dbs, names: list[bytes]) -> None:
         if len(block) + len(f) + 1 > BLOCK and len(block) > 1:
             sealed = bytes(block)
             txn.put(BLOCK_NO.pack(no), sealed, db=blobs)
-            txn.put(BLOCK_NO.pack(no), trigram_filter(sealed), db=dbs.name_filters)
+            if filters:
+                txn.put(BLOCK_NO.pack(no), trigram_filter(sealed), db=dbs.name_filters)
             no += 1
             block = bytearray(b"\0")
         block += f
         block += b"\0"
     txn.put(BLOCK_NO.pack(no), bytes(block), db=blobs)
+
+
+def _unfiltered(txn, dbs) -> Iterator[tuple[bytes, bytes]]:
+    """``(block number, block)`` of the full blocks still without a trigram filter, oldest
+    first. Filters are written in block order, so these are the blocks after the last
+    filtered one, except the last block (still filling up, never filtered)."""
+    fcur = txn.cursor(db=dbs.name_filters)
+    start = BLOCK_NO.pack(BLOCK_NO.unpack(fcur.key())[0] + 1) if fcur.last() else b""
+    bcur = txn.cursor(db=dbs.name_blobs)
+    if not bcur.last():
+        return
+    last = bcur.key()
+    if not bcur.set_range(start):
+        return
+    for k, v in bcur.iternext():
+        if k == last:
+            return
+        yield k, v
+
+
+def filters_due(txn, dbs) -> bool:
+    """Whether some full block waits for its trigram filter (O(1))."""
+    return next(_unfiltered(txn, dbs), None) is not None
+
+
+def write_filters(txn, dbs, limit: int = 8) -> bool:
+    """Write the trigram filters of up to ``limit`` full blocks that have none (a write job
+    leaves them to later: a block's filter costs ~2 µs per name in it, a third of what
+    indexing a new name costs). Until then search reads those blocks whole, so answers
+    are the same, only a literal's search reads more. True when more are due."""
+    for k, block in islice(_unfiltered(txn, dbs), limit):
+        txn.put(k, trigram_filter(block), db=dbs.name_filters)
+    return filters_due(txn, dbs)
 
 
 def trigram_bits(data: bytes) -> set[int]:

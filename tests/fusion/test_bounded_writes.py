@@ -111,3 +111,26 @@ async def test_realtime_pushes_are_answered_while_an_audit_end_judges_100k_child
             assert st.file_count == n - 1000
             assert r.count(r.dbs.blind_deletions) == 1000
         assert view.state.last_audit_start is None and view.state.audit_cycle_count == 1
+
+
+async def test_name_block_filters_are_written_when_the_writer_is_idle(tmp_path):
+    f = make_fusion(tmp_path)
+    view = f.views["research"]
+    async with live_server(f) as url, httpx.AsyncClient(
+            base_url=url, headers={"X-API-Key": INGEST}, timeout=60) as c:
+        sid = (await c.post("/api/v1/pipe/session/", json={"task_id": "h:research"})).json()["session_id"]
+        rows = [{"path": f"/up/sample_{i:05d}_{i * 7919 % 100003:06d}.fastq.gz", "size": i,
+                 "modified_time": 1000.0 + i, "created_time": 1000.0, "is_directory": False}
+                for i in range(4000)]
+        r = await c.post(f"/api/v1/pipe/ingest/{sid}/events", json={
+            "source_type": "snapshot", "is_end": True, "events": [{
+                "event_type": "update", "event_schema": "fs", "table": "files",
+                "fields": list(rows[0]), "rows": rows, "message_source": "snapshot"}]})
+        assert r.status_code == 200 and r.json()["applied_rows"] == 4000
+        # the sweep loop (every 0.5 s) writes the filters the push left, while idle
+        await until(lambda: not view.name_filters_due(), what="the name block filters")
+        with view.store.read() as rd:
+            assert rd.count(rd.dbs.name_filters) == rd.count(rd.dbs.name_blobs) - 1 >= 3
+        r = await c.get("/api/v1/views/research/search", params={"pattern": "_01234_"},
+                        headers={"X-API-Key": "query-key"})
+        assert [x["path"] for x in r.json()["results"]] == [rows[1234]["path"]]

@@ -174,6 +174,12 @@ def test_every_query_kind_equals_a_brute_force_scan(tmp_path, monkeypatch, seed,
         for round_ in range(3):
             if round_:
                 shuffle_tree(store, rng)
+            # full blocks without filters (as ingest leaves them), some filtered, all filtered
+            if round_ == 1:
+                store.write(lambda w: index.write_filters(w.txn, w.dbs, limit=10))
+            elif round_ == 2:
+                while store.write(lambda w: index.write_filters(w.txn, w.dbs)):
+                    pass
             nodes = all_nodes(store)
             dirs = [b"/"] + [n.path for n in nodes if n.is_dir]
             for pattern, kw in patterns(rng, nodes):
@@ -309,3 +315,25 @@ def test_stale_names_are_compacted_away_a_block_per_job(tmp_path, monkeypatch):
         # only the last, still open block (~10 names of 120 bytes) is left as it was
         assert sum(n.endswith(b".tmp") for n in left) <= 12 and blob_bytes() < before / 3
         assert verify(store) == []
+
+
+def test_ingest_leaves_block_filters_to_later_and_search_is_the_same_meanwhile(tmp_path):
+    names = [b"s%05d_%s.bam" % (i, hashlib.md5(b"%d" % i).hexdigest()[:8].encode())
+             for i in range(3000)]
+    with Store(tmp_path / "s.lmdb") as store:
+        store.write(lambda w: [w.upsert(b"/d%02d/" % (i % 7) + n, False, i, 1.0, 1.0)
+                               for i, n in enumerate(names)])
+        with store.read() as r:
+            full = r.count(r.dbs.name_blobs) - 1  # the last block is still filling up
+            assert full >= 3
+            assert r.count(r.dbs.name_filters) == 0 and index.filters_due(r.txn, r.dbs)
+            before = {q: [n.path for n in r.search(q, limit=None).nodes]
+                      for q in ("s02999", names[1234][7:13].decode(), "nothing-like-it", "*.bam")}
+        assert len(before["s02999"]) == 1 and len(before["*.bam"]) == 3000
+        assert before["nothing-like-it"] == []
+        assert not store.write(lambda w: index.write_filters(w.txn, w.dbs, limit=full))
+        with store.read() as r:
+            assert r.count(r.dbs.name_filters) == full and not index.filters_due(r.txn, r.dbs)
+            for q, want in before.items():
+                assert [n.path for n in r.search(q, limit=None).nodes] == want, q
+        assert verify(store) == []  # each filter matches its block

@@ -18,7 +18,7 @@ from pathlib import Path
 from fustor.errors import BadQueryError, NotFoundError, PathError, TooManyItemsError
 from fustor.fusion import arbitration as rules
 from fustor.fusion.suspects import SWEEP_BUDGET_S, SWEEP_CHUNK
-from fustor.store import Node, Store, keys
+from fustor.store import Node, Store, index, keys
 from fustor.store.records import AUDIT_SKIPPED, IS_DIR, KNOWN, NODE_HEAD, SUSPECT
 from fustor.store.state import SUSPECT_DIRS
 
@@ -182,6 +182,23 @@ class FsView:
         # (the spec purges only at audit end; this finishes that purge in chunks)
         st = self.state
         return st.last_audit_finished_at - st.tombstone_ttl_seconds if st.last_audit_finished_at else 0.0
+
+    def name_filters_due(self) -> bool:
+        """True when full name blocks wait for their trigram filters (ingest leaves them
+        to idle time)."""
+        with self.store.read() as r:
+            return index.filters_due(r.txn, r.dbs)
+
+    async def write_name_filters(self) -> int:
+        """Write the waiting name-block filters, a few blocks per write job, each job
+        queued after the previous one committed, and only while no push waits: ingest
+        goes first. Returns the number of jobs run."""
+        jobs = 0
+        more = True
+        while more and self.store.queued == 0:
+            more = await self.run(lambda w, st: index.write_filters(w.txn, w.dbs), save=False)
+            jobs += 1
+        return jobs
 
     def tombstones_due(self) -> bool:
         """True when the last audit end left expired tombstones for later chunks."""
