@@ -26,6 +26,9 @@ from fustor.store.state import SUSPECT_DIRS
 MAX_NESTING = 200
 # meta key set when a leader's snapshot completed at least once (survives restarts)
 SNAPSHOT_META = "snapshot_completed_at"
+# name-block filters written while idle: blocks per write job, and the pause between jobs
+FILTER_BLOCKS = 2
+FILTER_PAUSE_S = 0.02
 
 
 def node_json(n: Node, only_path: bool = False) -> dict:
@@ -189,15 +192,19 @@ class FsView:
         with self.store.read() as r:
             return index.filters_due(r.txn, r.dbs)
 
-    async def write_name_filters(self) -> int:
-        """Write the waiting name-block filters, a few blocks per write job, each job
-        queued after the previous one committed, and only while no push waits: ingest
-        goes first. Returns the number of jobs run."""
+    async def write_name_filters(self, pause_s: float = FILTER_PAUSE_S) -> int:
+        """Write the waiting name-block filters, two blocks (~3 ms) per write job, each job
+        queued ``pause_s`` after the previous one committed, and only while no push waits:
+        ingest and realtime go first, and this thread's CPU (it holds the GIL) never
+        keeps the event loop waiting long. Returns the number of jobs run."""
         jobs = 0
         more = True
         while more and self.store.queued == 0:
-            more = await self.run(lambda w, st: index.write_filters(w.txn, w.dbs), save=False)
+            more = await self.run(lambda w, st: index.write_filters(w.txn, w.dbs, FILTER_BLOCKS),
+                                  save=False)
             jobs += 1
+            if more and pause_s:
+                await asyncio.sleep(pause_s)
         return jobs
 
     def tombstones_due(self) -> bool:
