@@ -29,12 +29,12 @@ class Proc:
     """A child python process (``argv`` after the interpreter) whose output goes to a file."""
 
     def __init__(self, argv: list[str], home: Path, log: Path, env: dict[str, str] | None = None,
-                 **popen) -> None:
+                 exe: str = sys.executable, **popen) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.log = log
         env = dict(os.environ, FUSTOR_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
         with open(log, "ab") as out:
-            self.p = subprocess.Popen([sys.executable, *argv], env=env, stdout=out,
+            self.p = subprocess.Popen([exe, *argv], env=env, stdout=out,
                                       stderr=subprocess.STDOUT, **popen)
 
     @property

@@ -1,8 +1,13 @@
 """Benchmark of fusion over HTTP: a real `fustor fusion serve`, snapshot pushes as an agent makes them.
 
-    python bench/ingest.py --files 1000000 [--json] [--concurrency 4]
+    python bench/ingest.py --files 1000000 [--json] [--concurrency 4] [--original VENV]
 
 Prints figures; asserts nothing. Traffic goes to 127.0.0.1 only.
+
+``--original VENV`` first pushes the same batches into the original fustor-fusion 0.8.17
+(installed into VENV with pip if it is not there: that needs the package index), so the
+two figures and their ratio come from one run on one machine: ``original_applied_rows_per_s``
+counts until its stats show every file, as ours does.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import json
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +27,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, memory, pct, start_fusion, timed_gets, wait_up  # noqa: E402
+from common import Proc, free_port, memory, pct, start_fusion, timed_gets, wait_up  # noqa: E402
 from treegen import rows  # noqa: E402
 
 INGEST_KEY = "bench-ingest-key"
@@ -96,14 +102,70 @@ async def push_all(rurl: str, sid: str, files: int, concurrency: int) -> int:
     return sent
 
 
+def original_rows_per_s(venv: Path, files: int, concurrency: int, say) -> float:
+    """The same pushes into fustor-fusion 0.8.17 from ``venv``: rows per second until its
+    ``/stats`` counts every file."""
+    exe = venv / "bin" / "fustor-fusion"
+    if not exe.exists():
+        say(f"installing fustor-fusion==0.8.17 into {venv} ...")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", "fustor-fusion==0.8.17"], check=True)
+    work = Path(tempfile.mkdtemp(prefix="fustor-ingest-0817-"))
+    port, rport = free_port(), free_port()
+    home = work / "home"
+    (home / "fusion-config").mkdir(parents=True)
+    # its config form (spec/fusion-protocol.md §8.3): the pipe named like its view
+    (home / "fusion-config" / "default.yaml").write_text(f"""
+host: 127.0.0.1
+port: {port}
+receivers:
+  http-main: {{driver: http, bind_host: 127.0.0.1, port: {rport}, api_keys: [{{key: {INGEST_KEY}, pipe_id: bench}}]}}
+views:
+  bench: {{driver: fs, api_keys: [{QUERY_KEY}]}}
+pipes:
+  bench: {{receiver: http-main, views: [bench], session_timeout_seconds: 60}}
+""")
+    proc = Proc(["start"], home, work / "fusion.log", exe=str(exe), cwd=work)
+    try:
+        wait_up(f"http://127.0.0.1:{port}/", proc)
+        wait_up(f"http://127.0.0.1:{rport}/", proc)
+        rurl = f"http://127.0.0.1:{rport}"
+        r = httpx.post(rurl + "/api/v1/pipe/session/", json={"task_id": "bench:bench"},
+                       headers={"X-API-Key": INGEST_KEY})
+        r.raise_for_status()
+        say(f"fustor-fusion 0.8.17: pushing ~{files:,} files ...")
+        t0 = time.perf_counter()
+        sent = asyncio.run(push_all(rurl, r.json()["session_id"], files, concurrency))
+        q = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": QUERY_KEY},
+                         timeout=60)
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            st = q.get("/api/v1/views/bench/stats")
+            if st.status_code == 200 and (st.json().get("total_files") or 0) >= files:
+                break
+            proc.check()
+            time.sleep(0.05)
+        return sent / (time.perf_counter() - t0)
+    finally:
+        proc.stop(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--concurrency", type=int, default=4, help="pushes in flight")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--original", type=Path, metavar="VENV",
+                    help="also measure fustor-fusion 0.8.17 from this venv (made if missing)")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    original = None
+    if args.original:
+        original = original_rows_per_s(args.original.resolve(), args.files, args.concurrency, say)
+        say(f"fustor-fusion 0.8.17 applied {original:,.0f} rows/s")
     work = Path(tempfile.mkdtemp(prefix="fustor-ingest-"))
     port, rport = free_port(), free_port()
     cfg = work / "fusion.yaml"
@@ -131,6 +193,9 @@ def main() -> None:
         files = st.json()["file_count"]
         out["files"] = files
         out["applied_rows_per_s"] = round(sent / secs)
+        if original:
+            out["original_applied_rows_per_s"] = round(original)
+            out["ratio_to_original"] = round(sent / secs / original, 2)
         say(f"applied {sent:,} rows in {secs:.1f} s = {sent / secs:,.0f} rows/s (acknowledged = committed)")
 
         tree = q.get("/api/v1/views/bench/tree", params={"max_depth": 6, "only_path": True}).json()
