@@ -238,55 +238,57 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
     skew = None if realtime else clock.skew()
     rejected = res.rejected
 
-    def one(i: int, row) -> bool:
-        """The rules for one row: validate, take the clock, apply. True when the row's
-        time became the event's latency."""
+    def general(items) -> bool:
+        """The rules for rows ``(index, row)``: validate, take the clock, apply. True when
+        the last row's time became the event's latency."""
         nonlocal applied, ignored, latency
-        given = fields = None
-        try:
-            if row.__class__ is not dict:
-                raise _Invalid("row is not an object")
-            path = _path(row)
-            if deleting:
-                mtime = _time(row, "modified_time", None, latest)
+        timed = False
+        for i, row in items:
+            given = fields = None
+            try:
+                if row.__class__ is not dict:
+                    raise _Invalid("row is not an object")
+                path = _path(row)
+                if deleting:
+                    mtime = _time(row, "modified_time", None, latest)
+                else:
+                    given = row.get("modified_time")
+                    mtime = _time(row, "modified_time", 0.0, latest)
+                    is_dir = _flag(row, "is_directory", "is_dir")
+                    if path == _ROOT and not is_dir:
+                        raise _Invalid("the root of a view is a directory")
+                    fields = (is_dir, _size(row), _time(row, "created_time", 0.0, latest))
+                    if moving:
+                        if not is_dir:
+                            raise _Invalid("only a directory moves as a whole (is_directory "
+                                           "true); a file's move is a delete and an update")
+                        fields += (_moved_from(row, path),)
+            except _Invalid as exc:
+                rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
+                timed = False
+                continue
+            wall = now()
+            if realtime:  # a realtime row that carries an mtime is a skew sample (not a move:
+                # a renamed directory keeps its mtime, which says nothing about the clocks)
+                wm = clock.update(mtime, given is not None and not moving)
             else:
-                given = row.get("modified_time")
-                mtime = _time(row, "modified_time", 0.0, latest)
-                is_dir = _flag(row, "is_directory", "is_dir")
-                if path == _ROOT and not is_dir:
-                    raise _Invalid("the root of a view is a directory")
-                fields = (is_dir, _size(row), _time(row, "created_time", 0.0, latest))
-                if moving:
-                    if not is_dir:
-                        raise _Invalid("only a directory moves as a whole (is_directory "
-                                       "true); a file's move is a delete and an update")
-                    fields += (_moved_from(row, path),)
-        except _Invalid as exc:
-            rejected.append({"index": i, "path": _raw_path(row), "reason": str(exc)})
-            return False
-        wall = now()
-        if realtime:  # a realtime row that carries an mtime is a skew sample (not a move:
-            # a renamed directory keeps its mtime, which says nothing about the clocks)
-            wm = clock.update(mtime, given is not None and not moving)
-        else:
-            wm = wall if skew is None else wall - skew
-        timed = mtime is not None and (deleting or given is not None)  # not rows without a time
-        if timed:
-            latency = (wm - mtime) * 1000.0 if wm > mtime else 0.0
-        if apply(row, path, mtime, fields, wall, wm):
-            applied += 1
-        else:
-            ignored += 1
+                wm = wall if skew is None else wall - skew
+            timed = mtime is not None and (deleting or given is not None)  # not rows without a time
+            if timed:
+                latency = (wm - mtime) * 1000.0 if wm > mtime else 0.0
+            if apply(row, path, mtime, fields, wall, wm):
+                applied += 1
+            else:
+                ignored += 1
         return timed
 
     if src == SNAPSHOT and not deleting and ctx.cap is None:  # a crawl: mostly new paths
-        done, lat = ctx.new_snapshot_rows(rows, one, latest, skew)
+        done, lat = ctx.new_snapshot_rows(rows, general, latest, skew)
         applied += done
         if lat is not None:
             latency = lat
     else:
-        for i, row in enumerate(rows):
-            one(i, row)
+        general(enumerate(rows))
     if src == AUDIT:
         st.audit_rows_seen += applied + ignored
     if applied or ignored:
@@ -386,9 +388,9 @@ class _Event:
             w.put_flags(node)
 
     # -- snapshot rows of new paths (the bulk of a crawl) --------------------------------
-    def new_snapshot_rows(self, rows: list, one, latest: float, skew) -> tuple[int, float | None]:
+    def new_snapshot_rows(self, rows: list, general, latest: float, skew) -> tuple[int, float | None]:
         """Apply a snapshot event's rows, creating the nodes of new paths here and handing
-        every other row to ``one(index, row)`` (the general rules). Returns the rows
+        every other row to ``general([(index, row)])`` (the general rules). Returns the rows
         created here and the event's latency when its last timed row was one of them.
 
         A row of a new path, with no tombstone, ends in the general rules as a plain
@@ -450,7 +452,7 @@ class _Event:
                                 if hot:
                                     self._new_suspect(raw, wall, age, m)
                                 continue
-            if one(i, row):
+            if general(((i, row),)):
                 lat = None
         return done, lat
 
