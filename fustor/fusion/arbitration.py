@@ -81,7 +81,7 @@ from fustor.fusion.audit import (
 from fustor.fusion.suspects import MISSING, sweep_chunk, sweep_suspects, update_suspect
 from fustor.fusion.view_state import ViewState
 from fustor.store import TreeWriter, keys
-from fustor.store.records import AUDIT_SKIPPED, IS_DIR, KNOWN, SUSPECT, unpack_node
+from fustor.store.records import AUDIT_SKIPPED, IS_DIR, KNOWN, NODE_HEAD, SUSPECT, unpack_node
 
 __all__ = [
     "EPS", "TEPS", "EventResult", "LogicalClock", "ViewState", "audit_end", "audit_end_step",
@@ -283,8 +283,9 @@ def process_event(w: TreeWriter, st: ViewState, event: dict) -> EventResult:
         return timed
 
     if src == SNAPSHOT and not deleting and ctx.cap is None:  # a crawl: mostly new paths
-        done, lat = ctx.new_snapshot_rows(rows, general, latest, skew)
+        done, dropped, lat = ctx.new_snapshot_rows(rows, general, latest, skew)
         applied += done
+        ignored += dropped
         if lat is not None:
             latency = lat
     else:
@@ -388,10 +389,12 @@ class _Event:
             w.put_flags(node)
 
     # -- snapshot rows of new paths (the bulk of a crawl) --------------------------------
-    def new_snapshot_rows(self, rows: list, general, latest: float, skew) -> tuple[int, float | None]:
-        """Apply a snapshot event's rows, creating the nodes of new paths here and handing
-        every other row to ``general([(index, row)])`` (the general rules). Returns the rows
-        created here and the event's latency when its last timed row was one of them.
+    def new_snapshot_rows(self, rows: list, general, latest: float,
+                          skew) -> tuple[int, int, float | None]:
+        """Apply a snapshot event's rows, creating the nodes of new paths here, dropping
+        rows no newer than the node they name, and handing every other row to
+        ``general([(index, row)])`` (the general rules). Returns the rows created and
+        dropped here, and the event's latency when its last timed row was one of them.
 
         A row of a new path, with no tombstone, ends in the general rules as a plain
         create (nothing to compare, Rule 3 is the audit's): the node is written with
@@ -399,8 +402,10 @@ class _Event:
         threshold. Here a row in the form our agents and 0.8.17's send (a canonical ``str``
         path under a short parent, float times, an int size, ``is_directory`` a bool) is
         checked field by field without the general validation, and one put both tests
-        that the path is new and writes it (``TreeWriter.create``). Anything else, and
-        a path that exists, takes the general rules, which decide exactly as before."""
+        that the path is new and writes it (``TreeWriter.create``). When the path exists,
+        a row no newer than its node is dropped here (Rule 2, which changes nothing for a
+        snapshot row). Anything else takes the general rules, which decide exactly as
+        before."""
         w = self.w
         st = self.st
         now = st.now
@@ -408,9 +413,11 @@ class _Event:
         create = w.create
         txn = w.txn
         tombs = w.dbs.tombstones if self.has_tombs else None
+        nodes = w.dbs.nodes
+        head = NODE_HEAD.unpack_from  # flags, size, modified_time, created_time
         root = _ROOT
         limit = keys.PARENT_LIMIT
-        done = 0
+        done = dropped = 0
         lat = None
         for i, row in enumerate(rows):
             if row.__class__ is dict:
@@ -442,9 +449,9 @@ class _Event:
                             wm = wall if skew is None else wall - skew
                             age = wm - m
                             hot = age < T
+                            skipped = row.get("audit_skipped")
                             flags = (KNOWN | (SUSPECT if hot else 0)
-                                     | ((IS_DIR | (AUDIT_SKIPPED if row.get("audit_skipped")
-                                                   else 0)) if d else 0))
+                                     | ((IS_DIR | (AUDIT_SKIPPED if skipped else 0)) if d else 0))
                             if create(raw, key, parent, flags, z, m, c):
                                 done += 1
                                 lat = age * 1000.0 if age > 0 else 0.0
@@ -452,9 +459,16 @@ class _Event:
                                 if hot:
                                     self._new_suspect(raw, wall, age, m)
                                 continue
+                            # The path exists. Rule 2 drops a row no newer than the node
+                            # (unless it says audit_skipped), and a dropped snapshot row
+                            # changes nothing: most rows of a re-snapshot after a restart.
+                            if not skipped and head(txn.get(key, db=nodes))[2] >= m:
+                                dropped += 1
+                                lat = age * 1000.0 if age > 0 else 0.0
+                                continue
             if general(((i, row),)):
                 lat = None
-        return done, lat
+        return done, dropped, lat
 
     def _new_suspect(self, path: bytes, wall: float, age: float, mtime: float) -> None:
         """A suspect entry for a node a stat-walk row found hot: it stays one for what is

@@ -194,3 +194,21 @@ def test_a_max_nodes_view_keeps_its_limit(tmp_path):
     finally:
         v.close()
 
+
+
+def test_a_re_snapshot_drops_unchanged_rows_and_applies_the_rest(pair):
+    t = pair.fast.wall.t
+    rows = [_row("/r", t - 900, 0, True)] + [_row(f"/r/f{i}", t - 500 - i, i) for i in range(30)]
+    assert pair.event("snapshot", "update", rows).applied == 31
+    again = [dict(r) for r in rows]
+    again[3]["modified_time"] = t - 100  # changed since
+    again[4]["size"] = 999  # same mtime, other size: still no newer than the node
+    again[5]["modified_time"] = t - 5000  # older than the node
+    again[6]["audit_skipped"] = True  # bypasses the mtime guard
+    again[0]["audit_skipped"] = True
+    res = pair.event("snapshot", "update", again)
+    assert (res.applied, res.ignored) == (3, 28)
+    with pair.fast.store.read() as r:
+        assert r.get(b"/r/f2").modified_time == t - 100
+        assert r.get(b"/r/f3").size == 3
+    pair.check()
