@@ -58,6 +58,7 @@ async def test_fusion_metrics_count_what_happened(tmp_path):
     assert value(got, "fustor_store_file_bytes", **tree) > 0
     assert value(got, "fustor_store_map_bytes", **tree) >= value(got, "fustor_store_file_bytes", **tree)
     assert value(got, "fustor_writer_queue_depth", **tree) == 0
+    assert value(got, "fustor_name_blocks_waiting", **tree) == 0  # 40 names fill no block
     assert value(got, "fustor_view_snapshot_complete", **tree) == 1
     assert value(got, "fustor_sessions", view="research", role="leader") == 1
     assert 0 <= value(got, "fustor_agent_heartbeat_age_seconds", agent="lab-1") < 60

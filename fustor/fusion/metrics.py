@@ -17,6 +17,8 @@ Read when scraped (each is O(1) per tree: one aggregate record, table sizes):
     fustor_view_files / _dirs / _bytes{view,member}   subtree figures of /
     fustor_store_file_bytes / fustor_store_map_bytes{view,member}
     fustor_writer_queue_depth{view,member}            jobs waiting for the tree's writer
+    fustor_name_blocks_waiting{view,member}           full name blocks without their trigram
+                                                      filter yet (written while idle)
     fustor_view_snapshot_complete{view,member}        1 once a snapshot completed
     fustor_sessions{view,role}                        agent sessions by election key and role
     fustor_agent_heartbeat_age_seconds{agent}         since each agent's last heartbeat
@@ -108,6 +110,9 @@ class _State:
                                    "tree's store", labels=tree)
         queue = GaugeMetricFamily("fustor_writer_queue_depth", "Jobs waiting for the tree's "
                                   "writer", labels=tree)
+        waiting = GaugeMetricFamily("fustor_name_blocks_waiting", "Full name-index blocks "
+                                    "whose trigram filter is not written yet (fusion writes "
+                                    "them while the tree's writer is idle)", labels=tree)
         snap = GaugeMetricFamily("fustor_view_snapshot_complete", "1 once a leader's snapshot "
                                  "completed for the tree", labels=tree)
         for v in f.fs_views():
@@ -115,6 +120,7 @@ class _State:
             try:
                 st = v.stats("/")
                 disk_bytes, map_bytes = v.store.disk_bytes(), v.store.map_size
+                blocks = v.name_blocks_waiting()
             except Exception:  # a tree closing under a reload: leave it out of this scrape
                 continue
             files.add_metric(labels, st["file_count"])
@@ -123,6 +129,7 @@ class _State:
             disk.add_metric(labels, disk_bytes)
             mapped.add_metric(labels, map_bytes)
             queue.add_metric(labels, v.store.queued)
+            waiting.add_metric(labels, blocks)
             snap.add_metric(labels, 1 if v.snapshot_completed_at is not None
                             or f.sessions.snapshot_complete(v.id) else 0)
         sessions = GaugeMetricFamily("fustor_sessions", "Agent sessions by election key (a view, "
@@ -150,5 +157,5 @@ class _State:
         held = GaugeMetricFamily("fustor_store_open_files", "File descriptors held by open "
                                  "stores (~3 per tree)")
         held.add_metric([], fds["held_by_stores"])
-        return [files, dirs, size, disk, mapped, queue, snap, sessions, beat, open_files, limit,
-                held]
+        return [files, dirs, size, disk, mapped, queue, waiting, snap, sessions, beat, open_files,
+                limit, held]

@@ -341,6 +341,12 @@ def _unfiltered(txn, dbs) -> Iterator[tuple[bytes, bytes]]:
         yield k, v
 
 
+def blocks_waiting(txn, dbs) -> int:
+    """Full blocks whose trigram filter is not written yet (O(1): two table sizes; every
+    filter belongs to a full block, and the last block is never full)."""
+    return max(0, txn.stat(dbs.name_blobs)["entries"] - txn.stat(dbs.name_filters)["entries"] - 1)
+
+
 def filters_due(txn, dbs) -> bool:
     """Whether some full block waits for its trigram filter (O(1))."""
     return next(_unfiltered(txn, dbs), None) is not None

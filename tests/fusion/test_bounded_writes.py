@@ -131,6 +131,7 @@ async def test_name_block_filters_are_written_when_the_writer_is_idle(tmp_path):
         await until(lambda: not view.name_filters_due(), what="the name block filters")
         with view.store.read() as rd:
             assert rd.count(rd.dbs.name_filters) == rd.count(rd.dbs.name_blobs) - 1 >= 3
+        assert view.name_blocks_waiting() == 0
         r = await c.get("/api/v1/views/research/search", params={"pattern": "_01234_"},
                         headers={"X-API-Key": "query-key"})
         assert [x["path"] for x in r.json()["results"]] == [rows[1234]["path"]]

@@ -186,6 +186,11 @@ class FsView:
         st = self.state
         return st.last_audit_finished_at - st.tombstone_ttl_seconds if st.last_audit_finished_at else 0.0
 
+    def name_blocks_waiting(self) -> int:
+        """Full name blocks whose trigram filter is not written yet."""
+        with self.store.read() as r:
+            return index.blocks_waiting(r.txn, r.dbs)
+
     def name_filters_due(self) -> bool:
         """True when full name blocks wait for their trigram filters (ingest leaves them
         to idle time)."""
