@@ -339,3 +339,44 @@ def test_ingest_leaves_block_filters_to_later_and_search_is_the_same_meanwhile(t
             for q, want in before.items():
                 assert [n.path for n in r.search(q, limit=None).nodes] == want, q
         assert verify(store) == []  # each filter matches its block
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_filters_waiting_compaction_and_deletes_interleaved_keep_search_exact(tmp_path,
+                                                                              monkeypatch, seed):
+    # small blocks and an eager compaction: many full blocks, some with filters and some
+    # waiting, compacted or emptied while others still wait
+    monkeypatch.setattr(index, "BLOCK", 150)
+    monkeypatch.setattr(index, "COMPACT_MIN", 20)
+    rng = random.Random(seed)
+    compacted = 0
+    with Store(tmp_path / "s.lmdb") as store:
+        for step in range(16):
+            with store.read() as r:
+                names_before = r.meta(index.IN_BLOCKS, 0)
+            roll = rng.random()
+            if roll < 0.45:  # a batch of new files, names mostly new
+                d = b"/d%d" % rng.randrange(3)
+                store.write(lambda w, d=d, step=step: [
+                    w.upsert(d + b"/n%d_%04x.dat" % (step, rng.randrange(1 << 16)), False, 1, 1.0, 1.0)
+                    for _ in range(rng.randrange(20, 80))])
+            elif roll < 0.7:  # a directory goes: its names go stale
+                store.write(lambda w: w.delete(b"/d%d" % rng.randrange(3)))
+            else:  # the idle loop writes some waiting filters
+                store.write(lambda w: index.write_filters(w.txn, w.dbs, limit=rng.randrange(1, 4)))
+            for _ in range(3):  # jobs with nothing to index go on with a compaction pass
+                store.write(lambda w: None)
+            nodes = all_nodes(store)
+            with store.read() as r:
+                compacted += r.meta(index.IN_BLOCKS, 0) < names_before
+                assert r.count(r.dbs.name_filters) + index.blocks_waiting(r.txn, r.dbs) \
+                    == max(0, r.count(r.dbs.name_blobs) - 1), step
+                for pattern in ("_0", f"n{step}_", "a.d", "*.dat", "zz-none"):
+                    got = [n.path for n in r.search(pattern, b"/", None).nodes]
+                    assert got == expected(nodes, pattern), (step, pattern)
+            assert verify(store) == []
+        while store.write(lambda w: index.write_filters(w.txn, w.dbs)):
+            pass
+        with store.read() as r:
+            assert index.blocks_waiting(r.txn, r.dbs) == 0
+    assert compacted  # the steps did run compaction passes
