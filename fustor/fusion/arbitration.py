@@ -435,10 +435,13 @@ class _Event:
                     except UnicodeEncodeError:
                         raw = b""
                     k = raw.rfind(b"/")
-                    # keys.normalise's fast path, and node_key for a short parent
+                    # canonical as keys.normalise would leave it (names may start with a
+                    # dot, but no name is "." or ".."), and node_key for a short parent
                     if (0 <= k <= limit and raw[:1] == b"/" and raw[-1:] != b"/"
-                            and len(raw) <= 256 and b"//" not in raw and b"/." not in raw
-                            and b"\0" not in raw):
+                            and len(raw) <= 256 and b"//" not in raw and b"\0" not in raw
+                            and (b"/." not in raw or (
+                                b"/./" not in raw and b"/../" not in raw
+                                and not raw.endswith((b"/.", b"/.."))))):
                         if k == 0:
                             parent, key = root, b"/\0" + raw[1:]
                         else:
