@@ -8,7 +8,9 @@
                                 ├─ job 2 …
                                 └─ commit ──► futures resolved (after the data is on disk)
                               MapFullError: abort all, grow the map, run the group again
-                              disk full:    abort all, every job fails with StoreFullError
+                              disk full:    abort all; a group of several jobs runs again one
+                                            job per transaction, so each job that does not
+                                            fit alone fails with StoreFullError, and only it
 
 A job is a callable taking the transaction's ``TreeWriter``. It must not have
 side effects outside the transaction (after a map growth it runs again), unless it
@@ -102,8 +104,10 @@ class Writer:
 
     def _commit(self, group: list) -> None:
         group = [(fn, fut) for fn, fut in group if fut.set_running_or_notify_cancel()]
-        if not group:
-            return
+        if group:
+            self._attempt(group)
+
+    def _attempt(self, group: list) -> None:
         for _attempt in range(32):
             try:
                 results = self._run_group(group)
@@ -118,6 +122,13 @@ class Writer:
                     return
                 continue
             except BaseException as exc:  # never let the writer thread die
+                if is_disk_full(exc) and len(group) > 1:
+                    # jobs share a transaction only to save commits: on a full disk each
+                    # one is tried alone, so a batch that fits is not refused because a
+                    # job queued beside it (another push, a background job) did not
+                    for item in group:
+                        self._attempt([item])
+                    return
                 if is_disk_full(exc):
                     err: Exception = StoreFullError(
                         f"the store could not write to disk ({exc}): the disk is full, a "

@@ -216,3 +216,63 @@ def test_same_store_takes_the_failed_batch_once_space_is_freed(tmp_path):
     assert out["last"] >= 5 and "error" in out, out
     assert out["retried"] == out["last"] + 1
     check_batches(path, out["last"] + 1)
+
+
+GROUPED_CHILD = """
+import json, resource, signal, sys, threading
+from fustor.store import Store
+
+limit = int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+def job(n, rows):
+    def fn(w):
+        for i in range(rows):
+            w.upsert(b"/b%05d/f%03d" % (n, i), False, i, float(n), 0.0)
+    return fn
+
+out = {}
+store = Store(sys.argv[1])
+n = 0
+while n < 100_000:  # fill the file up to its limit
+    try:
+        store.write(job(n, 300))
+    except Exception as exc:
+        out["filled_by"] = type(exc).__name__
+        break
+    n += 1
+go = threading.Event()
+hold = store.submit(lambda w: go.wait(30))  # the writer waits here while two jobs queue up
+big = store.submit(job(n, 300))  # what failed alone just now
+small = store.submit(job(n + 1, 1))
+go.set()
+hold.result(timeout=60)
+for name, fut in (("big", big), ("small", small)):
+    try:
+        fut.result(timeout=60)
+        out[name] = "ok"
+    except Exception as exc:
+        out[name] = type(exc).__name__
+with store.read() as r:
+    out["small_visible"] = r.get(b"/b%05d/f000" % (n + 1)) is not None
+    out["big_visible"] = r.get(b"/b%05d/f000" % n) is not None
+store.close()
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_on_a_full_disk_a_job_that_fits_is_not_refused_for_its_neighbour(tmp_path):
+    # two jobs queued together share one transaction; when it cannot be written, each is
+    # tried alone: the one that fits commits, the other is refused as a full disk
+    proc = subprocess.run(
+        [sys.executable, "-c", GROUPED_CHILD, str(tmp_path / "g.lmdb"), str((2 << 20) + 1000)],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["filled_by"] == "StoreFullError", out
+    assert (out["big"], out["small"]) == ("StoreFullError", "ok"), out
+    assert out["small_visible"] and not out["big_visible"], out
+    with Store(tmp_path / "g.lmdb") as store:
+        assert verify(store) == []
