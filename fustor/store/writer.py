@@ -108,7 +108,7 @@ class Writer:
             self._attempt(group)
 
     def _attempt(self, group: list) -> None:
-        for _attempt in range(32):
+        for _try in range(32):
             try:
                 results = self._run_group(group)
             except lmdb.MapFullError:
