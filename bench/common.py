@@ -1,5 +1,5 @@
-"""What the benchmarks do alike: a free port, fusion and agents as child processes logging
-to a file, their memory and CPU time, and timing samples and their percentiles.
+"""What the benchmarks do alike: a scratch dir, a free port, fusion and agents as child
+processes logging to a file, their memory and CPU time, and timing samples and their percentiles.
 
 Only the measuring is shared; each script names its own figures (JSON keys) and rounds
 them as it always has (``pct``'s ``digits``).
@@ -8,15 +8,30 @@ them as it always has (``pct``'s ``digits``).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+
+@contextmanager
+def scratch_dir(prefix: str, parent: str | None = None) -> Iterator[Path]:
+    """A temp dir (made under ``parent`` when given, e.g. a tmpfs), removed afterwards."""
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import lmdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import scratch_dir  # noqa: E402
 from treegen import rows  # noqa: E402
 
 RECORD = struct.Struct("<BqdddI")  # the size of a node record's fixed fields
@@ -64,12 +63,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
-    if args.dir:
-        Path(args.dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="fustor-floor-", dir=args.dir))
     items = prepared(args.files)
     out: dict = {"rows": len(items)}
-    try:
+    with scratch_dir("fustor-floor-", args.dir) as work:
         env = lmdb.open(str(work / "floor.lmdb"), map_size=1 << 36, max_dbs=2, subdir=False)
         nodes = env.open_db(b"nodes")
         names = env.open_db(b"names", dupsort=True)
@@ -84,8 +80,6 @@ def main() -> None:
                     txn.drop(nodes, delete=False)
                     txn.drop(names, delete=False)
         env.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(out))
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import scratch_dir  # noqa: E402
 from treegen import rows  # noqa: E402
 
 from fustor.fusion import arbitration as rules  # noqa: E402
@@ -63,9 +62,6 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
-    if args.dir:
-        Path(args.dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="fustor-rules-", dir=args.dir))
     wall = time.time()
     first = [{"path": p, "modified_time": m, "size": s, "is_directory": d, "created_time": c}
              for _op, p, d, s, m, c in rows(args.files) if p != "/"]
@@ -80,7 +76,7 @@ def main() -> None:
         flush(w)
         in_index[0] += time.perf_counter() - t
 
-    try:
+    with scratch_dir("fustor-rules-", args.dir) as work:
         store = Store(work / "rules.lmdb")
         state = rules.ViewState(hot_file_threshold=30.0, now=lambda: wall)
         with store.read() as r:
@@ -104,8 +100,6 @@ def main() -> None:
         out["realtime_rows_per_s"] = round(n / secs)
         say(f"realtime updates of every path: {n / secs:,.0f} rows/s")
         store.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(out))
 

@@ -417,6 +417,7 @@ class _Event:
         head = NODE_HEAD.unpack_from  # flags, size, modified_time, created_time
         root = _ROOT
         limit = keys.PARENT_LIMIT
+        canonical = keys.canonical
         done = dropped = 0
         lat = None
         for i, row in enumerate(rows):
@@ -435,13 +436,8 @@ class _Event:
                     except UnicodeEncodeError:
                         raw = b""
                     k = raw.rfind(b"/")
-                    # canonical as keys.normalise would leave it (names may start with a
-                    # dot, but no name is "." or ".."), and node_key for a short parent
-                    if (0 <= k <= limit and raw[:1] == b"/" and raw[-1:] != b"/"
-                            and len(raw) <= 256 and b"//" not in raw and b"\0" not in raw
-                            and (b"/." not in raw or (
-                                b"/./" not in raw and b"/../" not in raw
-                                and not raw.endswith((b"/.", b"/.."))))):
+                    # as keys.normalise would leave it, and node_key for a short parent
+                    if 0 <= k <= limit and b"\0" not in raw and canonical(raw):
                         if k == 0:
                             parent, key = root, b"/\0" + raw[1:]
                         else:

@@ -186,7 +186,7 @@ class Fusion:
                 await v.sweep_suspects()
             if v.store.queued == 0 and await asyncio.to_thread(v.tombstones_due):
                 await v.purge_tombstones()
-            if v.store.queued == 0 and await asyncio.to_thread(v.name_filters_due):
+            if v.store.queued == 0 and await asyncio.to_thread(v.name_blocks_waiting):
                 await v.write_name_filters()
 
     # -- keys ---------------------------------------------------------------------

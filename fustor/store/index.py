@@ -347,11 +347,6 @@ def blocks_waiting(txn, dbs) -> int:
     return max(0, txn.stat(dbs.name_blobs)["entries"] - txn.stat(dbs.name_filters)["entries"] - 1)
 
 
-def filters_due(txn, dbs) -> bool:
-    """Whether some full block waits for its trigram filter (O(1))."""
-    return next(_unfiltered(txn, dbs), None) is not None
-
-
 def write_filters(txn, dbs, limit: int = 8) -> bool:
     """Write the trigram filters of up to ``limit`` full blocks that have none (a write job
     leaves them to later: a block's filter costs ~2 µs per name in it, a third of what
@@ -359,7 +354,7 @@ def write_filters(txn, dbs, limit: int = 8) -> bool:
     are the same, only a literal's search reads more. True when more are due."""
     for k, block in islice(_unfiltered(txn, dbs), limit):
         txn.put(k, trigram_filter(block), db=dbs.name_filters)
-    return filters_due(txn, dbs)
+    return blocks_waiting(txn, dbs) > 0
 
 
 def trigram_bits(data: bytes) -> set[int]:

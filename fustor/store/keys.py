@@ -46,14 +46,7 @@ def normalise(path: str | bytes) -> bytes:
         raise PathError(f"path is {len(raw)} bytes long; the limit is {PATH_MAX}")
     if b"\0" in raw:
         raise PathError(f"path {display(raw)!r} contains a NUL byte")
-    # Fast path: already canonical, which is what agents send.
-    if (
-        raw[:1] == b"/"
-        and b"//" not in raw
-        and b"/." not in raw
-        and (len(raw) == 1 or raw[-1:] != b"/")
-        and len(raw) <= NAME_MAX + 1
-    ):
+    if raw == ROOT or canonical(raw):  # what agents send
         return raw
     parts = [p for p in raw.split(b"/") if p and p != b"."]
     for p in parts:
@@ -64,6 +57,17 @@ def normalise(path: str | bytes) -> bytes:
                 f"name {display(p[:40])!r}... is {len(p)} bytes long; the limit is {NAME_MAX}"
             )
     return b"/" + b"/".join(parts)
+
+
+def canonical(raw: bytes) -> bool:
+    """True when ``raw`` (NUL-free, at most ``PATH_MAX`` bytes) is a normalised path other
+    than the root that needs no per-name check: it is at most 256 bytes (so no name
+    exceeds ``NAME_MAX``), and no name is empty, ``.`` or ``..`` (names may start with a
+    dot). False says nothing about validity: :func:`normalise` then checks name by name."""
+    return (raw[:1] == b"/" and raw[-1:] != b"/" and len(raw) <= NAME_MAX + 1
+            and b"//" not in raw
+            and (b"/." not in raw or (b"/./" not in raw and b"/../" not in raw
+                                      and not raw.endswith((b"/.", b"/..")))))
 
 
 def display(path: bytes) -> str:

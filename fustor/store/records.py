@@ -150,15 +150,21 @@ AGG_DIGEST_NOMTIME = slice(48, 64)
 
 
 def pack_node(n: Node) -> bytes:
-    head = _pack_node_head(
+    return pack_record(
+        n.path,
         (IS_DIR if n.is_dir else 0) | (SUSPECT if n.integrity_suspect else 0)
         | (KNOWN if n.known_by_agent else 0) | (AUDIT_SKIPPED if n.audit_skipped else 0),
         n.size, n.modified_time, n.created_time, n.last_updated_at, n.audit_mark,
     )
-    p = n.path
+
+
+def pack_record(path: bytes, flags: int, size: int, mtime: float, ctime: float,
+                last_updated_at: float, audit_mark: int) -> bytes:
+    """A node record from its fields; a path whose key is hashed follows them."""
+    head = _pack_node_head(flags, size, mtime, ctime, last_updated_at, audit_mark)
     # keys.needs_path_tail, inlined (every row written): only a path this long can need it
-    if len(p) > _TAIL_MIN and p.rfind(b"/") > keys.PARENT_LIMIT:
-        return head + p
+    if len(path) > _TAIL_MIN and path.rfind(b"/") > keys.PARENT_LIMIT:
+        return head + path
     return head
 
 

@@ -52,6 +52,7 @@ from fustor.store.records import (
     mtime_number,
     pack_agg,
     pack_node,
+    pack_record,
     sortable_float,
     unpack_agg,
     unpack_node,
@@ -68,8 +69,6 @@ _unpack_agg = AGG.unpack_from
 _entry = ENTRY.pack
 _bits = DOUBLE.pack
 _seed_copy = DIGEST_SEED.copy
-_pack_node = NODE.pack
-_TAIL_MIN = keys.PARENT_LIMIT + 1
 # a directory with this many direct children keeps an index of their mtimes (so the
 # newest is found in O(log n)); it loses the index again below SMALL_DIR
 BIG_DIR = 512
@@ -462,10 +461,7 @@ class TreeWriter(TreeReader, StateWrites):
         read; this runs for every new node."""
         if parent not in self._dirs and path != keys.ROOT:
             self._ensure_dir(parent)
-        rec = _pack_node(flags, size, mtime, ctime, last_updated_at, audit_mark)
-        # keys.needs_path_tail, inlined: only a path this long can need it
-        if len(path) > _TAIL_MIN and path.rfind(b"/") > keys.PARENT_LIMIT:
-            rec += path
+        rec = pack_record(path, flags, size, mtime, ctime, last_updated_at, audit_mark)
         if not self.txn.put(key, rec, overwrite=False, db=self.dbs.nodes):
             return False
         if key != keys.ROOT:  # index.add, inlined

@@ -128,7 +128,7 @@ async def test_name_block_filters_are_written_when_the_writer_is_idle(tmp_path):
                 "fields": list(rows[0]), "rows": rows, "message_source": "snapshot"}]})
         assert r.status_code == 200 and r.json()["applied_rows"] == 4000
         # the sweep loop (every 0.5 s) writes the filters the push left, while idle
-        await until(lambda: not view.name_filters_due(), what="the name block filters")
+        await until(lambda: view.name_blocks_waiting() == 0, what="the name block filters")
         with view.store.read() as rd:
             assert rd.count(rd.dbs.name_filters) == rd.count(rd.dbs.name_blobs) - 1 >= 3
         assert view.name_blocks_waiting() == 0

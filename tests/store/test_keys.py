@@ -270,3 +270,17 @@ def test_dirs_around_the_parent_limit(store, length):
         assert r.get(d + b"/sub") is None
     assert verify(store) == []
     assert max(len(k) for k in all_keys(store)) <= LMDB_MAX_KEY
+
+
+
+@pytest.mark.parametrize(("raw", "short"), [
+    (b"/a/.git", True), (b"/a/..x/...", True), (b"/.a", True), (b"/" + b"n" * 255, True),
+    (b"/a/.", False), (b"/a/..", False), (b"/a/./b", False), (b"/a/../b", False),
+    (b"/a//b", False), (b"/a/", False), (b"a/b", False), (b"/", False),
+    (b"/" + b"n" * 256, False),  # a name too long: normalise refuses it
+    (b"/x/" + b"n" * 254, False),  # valid, but past 256 bytes the names are checked one by one
+])
+def test_the_short_check_accepts_only_paths_normalise_leaves_as_they_are(raw, short):
+    assert keys.canonical(raw) is short
+    if short:
+        assert normalise(raw) == raw

@@ -187,15 +187,10 @@ class FsView:
         return st.last_audit_finished_at - st.tombstone_ttl_seconds if st.last_audit_finished_at else 0.0
 
     def name_blocks_waiting(self) -> int:
-        """Full name blocks whose trigram filter is not written yet."""
+        """Full name blocks whose trigram filter is not written yet (ingest leaves them to
+        idle time: :meth:`write_name_filters`)."""
         with self.store.read() as r:
             return index.blocks_waiting(r.txn, r.dbs)
-
-    def name_filters_due(self) -> bool:
-        """True when full name blocks wait for their trigram filters (ingest leaves them
-        to idle time)."""
-        with self.store.read() as r:
-            return index.filters_due(r.txn, r.dbs)
 
     async def write_name_filters(self, pause_s: float = FILTER_PAUSE_S) -> int:
         """Write the waiting name-block filters, two blocks (~3 ms) per write job, each job
